@@ -1,0 +1,69 @@
+"""The model card (README.md) written into every trained model folder."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def write_model_card(folder: Path, cfg, metrics: Dict) -> None:
+    labels = cfg.data.labels
+    lines = [
+        f"# stance model: `{cfg.model.backbone}` fine-tuned for stance toward US military action against cartels",
+        "",
+        "Labels each post **" + "**, **".join(labels) + "** toward US military action against Latin American",
+        "drug cartels, following the project's codebook (docs/codebook.md).",
+        "",
+        "```python",
+        "from stance import StanceClassifier",
+        f"clf = StanceClassifier.load(\"{folder.name if folder.name[:1] != '.' else cfg.output_dir}\")",
+        "clf.predict([\"Treat them like ISIS. About time.\"])",
+        "```",
+        "",
+        "## Training",
+        "",
+        f"- backbone: `{cfg.model.backbone}`, max_length {cfg.model.max_length}",
+        f"- data: train `{cfg.data.train}` ({metrics.get('train_examples')} posts), dev `{cfg.data.dev}`, test `{cfg.data.test}`",
+        f"- epochs {cfg.training.epochs} (early stopping on dev macro-F1, patience {cfg.training.early_stopping_patience}),"
+        f" learning rate {cfg.training.learning_rate}, batch {cfg.training.batch_size}, seed {cfg.training.seed},"
+        f" class weighting {cfg.training.class_weighting}",
+        f"- training time: {metrics.get('train_seconds')} s",
+        "- the full resolved configuration is `config.yaml` in this folder: `stance train --config config.yaml`"
+        " reproduces the model",
+        "",
+    ]
+    cal = metrics.get("calibration")
+    if cal:
+        lines += ["## Calibration", "",
+                  f"Probabilities are temperature-scaled (T = {cal['temperature']}, fitted on dev). "
+                  f"Default `--min-confidence` {cal['min_confidence']}: the lowest threshold at which dev accuracy "
+                  f"of the kept posts reaches 0.90 (keeps {_pct(cal['dev_coverage_at_min_confidence'])}% of dev).", ""]
+    for split in ("dev", "test"):
+        m = metrics.get(split)
+        if not m:
+            continue
+        lines += [f"## {split.capitalize()} results (n = {m['n']})", "",
+                  f"macro-F1 **{_pct(m['macro_f1'])}**, F_avg (support/oppose) {_pct(m['f_avg'])}, "
+                  f"accuracy {_pct(m['accuracy'])}, ECE {m.get('ece', 0):.3f}", "",
+                  "| label | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+        for lab, pc in m["per_class"].items():
+            lines.append(f"| {lab} | {_pct(pc['precision'])} | {_pct(pc['recall'])} | {_pct(pc['f1'])} | {pc['support']} |")
+        if m.get("by_lang"):
+            lines += ["", "| language | n | macro-F1 | accuracy |", "|---|---:|---:|---:|"]
+            for lang, lm in m["by_lang"].items():
+                lines.append(f"| {lang} | {lm['n']} | {_pct(lm['macro_f1'])} | {_pct(lm['accuracy'])} |")
+        lines.append("")
+    lines += [
+        "## Intended use and limits", "",
+        "- For aggregate analysis of public reactions (shares of stances over time, by language or platform);",
+        "  not for judging individual people.",
+        "- Trained on posts written to the codebook by the project, not collected from platforms: real posts",
+        "  may use slang, events and sarcasm it has not seen. Check a sample by hand before publishing figures.",
+        "- English, Spanish and Spanglish only. Sarcasm and rhetorical questions remain the main error source;",
+        "  posts below the confidence threshold are marked `uncertain` by `stance score`.",
+        "",
+    ]
+    (folder / "README.md").write_text("\n".join(lines), encoding="utf-8")

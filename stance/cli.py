@@ -1,0 +1,146 @@
+"""The `stance` command line: a thin layer over the Python API."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import StanceError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Label posts as support / oppose / question / neutral toward US military action "
+                       "against Latin American drug cartels: train, score, evaluate, report.")
+data_app = typer.Typer(no_args_is_help=True, help="Check labelled data files.")
+app.add_typer(data_app, name="data")
+
+
+def _setup_logging(quiet: bool = False) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (see models/default.yaml)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a config key, e.g. --set training.epochs=3."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output model folder (overrides output_dir)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and the final line."),
+):
+    """Fine-tune a classifier (or the TF-IDF baseline) as one config file describes."""
+    _setup_logging(quiet)
+    from .config import load_config
+    from .train import train as run_train
+    cfg = load_config(str(config) if config else None, [*set_, *([f"output_dir={output}"] if output else [])])
+    result = run_train(cfg)
+    m = result.metrics
+    line = f"saved {result.output_dir} in {result.seconds:.0f}s"
+    for split in ("dev", "test"):
+        if split in m:
+            line += f"; {split} macro-F1 {m[split]['macro_f1']:.3f}"
+    typer.echo(line)
+
+
+@app.command()
+def score(
+    inputs: List[str] = typer.Argument(..., help="CSV, TSV, JSONL or Parquet files (.gz accepted); - for stdin."),
+    output: str = typer.Option(..., "--output", "-o", help="Output file; - for stdout."),
+    model: Path = typer.Option(Path("models/default"), "--model", "-m", help="Trained model folder."),
+    text_column: str = typer.Option("text", "--text-column", help="Column holding the post text."),
+    id_column: Optional[str] = typer.Option(None, "--id-column", help="Column holding post ids (checked to exist)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Posts per model call."),
+    chunk_size: int = typer.Option(4096, "--chunk-size", min=1, help="Rows read, scored and checkpointed at a time."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Output format: csv, tsv, jsonl or parquet (default: from the name)."),
+    input_format: Optional[str] = typer.Option(None, "--input-format", help="Input format when the name does not tell (stdin: csv)."),
+    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", min=0.0, max=1.0,
+                                                   help="Mark rows below this top probability 'uncertain' (default: the model's)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last finished chunk."),
+    excel_safe: bool = typer.Option(False, "--excel-safe", help="Escape cells starting with = + - @ for spreadsheets."),
+    encoding: str = typer.Option("utf-8", "--encoding", help="Input text encoding."),
+    on_bad_lines: str = typer.Option("error", "--on-bad-lines", help="error (stop) or skip (count and report) malformed rows."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the model (default: all cores)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, only the summary."),
+):
+    """Score posts from exports; adds stance, confidence, p_<label> and stance_note columns."""
+    _setup_logging(quiet)
+    from .model import StanceClassifier
+    from .scoring import ScoreOptions, score_files
+    clf = StanceClassifier.load(model, threads=threads)
+    opts = ScoreOptions(text_column=text_column, id_column=id_column, batch_size=batch_size, chunk_size=chunk_size,
+                        input_format=input_format, output_format=fmt, min_confidence=min_confidence,
+                        resume=resume, excel_safe=excel_safe, encoding=encoding, on_bad_lines=on_bad_lines,
+                        progress=False if quiet else None)
+    summary = score_files(inputs, output, clf, opts)
+    typer.echo(summary.to_text(), err=True)
+
+
+@app.command()
+def evaluate(
+    data: List[str] = typer.Argument(..., help="Labelled files (CSV, TSV, JSONL, Parquet)."),
+    model: List[Path] = typer.Option([Path("models/default")], "--model", "-m",
+                                     help="Model folder; repeat to compare models side by side."),
+    output: Path = typer.Option(..., "--output", "-o", help="Report folder (metrics.json, report.md, report.html, PNGs)."),
+    text_column: str = typer.Option("text", "--text-column"),
+    label_column: str = typer.Option("label", "--label-column"),
+    label_map: Optional[str] = typer.Option(None, "--label-map", help="JSON/YAML map of gold labels, e.g. {FAVOR: support}."),
+):
+    """Evaluate one or more models on labelled posts; writes a readable and a machine-readable report."""
+    _setup_logging()
+    from .evaluation import evaluate_models
+    from .reporting import write_evaluation_report
+    result = evaluate_models([str(m) for m in model], data, text_column, label_column, label_map)
+    write_evaluation_report(result, output)
+    for name, m in result["models"].items():
+        typer.echo(f"{name}: macro-F1 {m['macro_f1']:.3f} [{m['ci']['macro_f1'][0]:.3f}, {m['ci']['macro_f1'][1]:.3f}]"
+                   f", F_avg {m['f_avg']:.3f}, accuracy {m['accuracy']:.3f} (n={m['n']})")
+    typer.echo(f"report: {output / 'report.html'}")
+
+
+@app.command()
+def report(
+    scored: str = typer.Argument(..., help="A file written by `stance score`."),
+    output: Path = typer.Option(..., "--output", "-o", help="Report folder."),
+    date_column: Optional[str] = typer.Option(None, "--date-column", help="Date column (default: created_at or date if present)."),
+):
+    """Summarise a scored export: stance shares with intervals, over time, by language and platform."""
+    _setup_logging()
+    from .reporting import write_scored_report
+    summary = write_scored_report(scored, output, date_column=date_column)
+    typer.echo(summary)
+
+
+@data_app.command("check")
+def data_check(
+    paths: List[str] = typer.Argument(..., help="Labelled files; give all splits together to check leakage."),
+    text_column: str = typer.Option("text", "--text-column"),
+    label_column: str = typer.Option("label", "--label-column"),
+):
+    """Validate labelled files. Exit 0 clean, 1 problems found, 2 unreadable input."""
+    from .check import check_files, summary_table
+    rep = check_files(paths, text_column, label_column)
+    typer.echo(summary_table(rep))
+    if rep.problems:
+        typer.echo(f"\n{len(rep.problems)} problem(s):", err=True)
+        for p in rep.problems[:200]:
+            typer.echo(f"  {p}", err=True)
+        if len(rep.problems) > 200:
+            typer.echo(f"  ... and {len(rep.problems) - 200} more", err=True)
+    else:
+        typer.echo("\nno problems found")
+    raise typer.Exit(rep.exit_code)
+
+
+def main() -> None:
+    try:
+        app()
+    except StanceError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Run configuration: one YAML file describes a training run, one dataclass per concern.
+
+The resolved config (defaults filled in, --set overrides applied) is saved in
+the output folder as ``config.yaml``: `stance train --config DIR/config.yaml`
+reproduces that model.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+
+from .errors import StanceError, suggestion
+from .labels import LABELS
+
+
+@dataclass
+class DataConfig:
+    train: str = "data/train.jsonl"
+    dev: Optional[str] = "data/dev.jsonl"
+    test: Optional[str] = "data/test.jsonl"
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: List[str] = field(default_factory=lambda: list(LABELS))
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "minilm"          # short name (minilm, mpnet, e5-multilingual, tfidf) or a local HF folder
+    max_length: int = 128
+    normalize_urls: bool = True
+    normalize_mentions: bool = True
+    emoji_to_text: bool = True
+    freeze_embeddings: bool = False   # cheaper steps for large-vocabulary backbones
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 6
+    learning_rate: float = 5e-5
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    seed: int = 13
+    class_weighting: str = "balanced"   # balanced | none
+    early_stopping_patience: int = 2    # epochs without a better dev macro-F1
+    threads: Optional[int] = None       # torch CPU threads; None = all cores
+    device: str = "auto"                # auto | cpu | cuda
+    # TF-IDF baseline only
+    tfidf_C: float = 4.0
+    tfidf_max_features: int = 200000
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    output_dir: str = "models/default"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig}
+
+
+def _coerce(value: Any, current: Any, key: str, source: str) -> Any:
+    """Parse a --set string (or YAML scalar) into the type of the default."""
+    if isinstance(value, str) and not isinstance(current, str):
+        value = yaml.safe_load(value)
+    if isinstance(current, float) and isinstance(value, str):
+        try:                      # YAML 1.1 reads "1e-4" as a string
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(current, bool) and not isinstance(value, bool):
+        raise StanceError(f"'{key}' must be true or false, not {value!r}", path=source)
+    if isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if current is not None and value is not None and not isinstance(value, type(current)):
+        raise StanceError(f"'{key}' must be {type(current).__name__}, not {value!r}", path=source)
+    return value
+
+
+def _apply(cfg: RunConfig, key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    if len(parts) == 1:
+        if key != "output_dir":
+            raise StanceError(f"unknown config key '{key}'", path=source,
+                              hint=suggestion(key, ["output_dir", *_SECTIONS]) or "use section.key, e.g. training.epochs")
+        cfg.output_dir = str(value)
+        return
+    if len(parts) != 2 or parts[0] not in _SECTIONS:
+        raise StanceError(f"unknown config key '{key}'", path=source,
+                          hint=suggestion(parts[0], _SECTIONS) or f"sections are {', '.join(_SECTIONS)}")
+    section = getattr(cfg, parts[0])
+    names = [f.name for f in dataclasses.fields(section)]
+    if parts[1] not in names:
+        near = suggestion(parts[1], names)
+        raise StanceError(f"unknown config key '{key}'", path=source,
+                          hint=near.replace("'", f"'{parts[0]}.", 1) if near else f"keys of {parts[0]}: {', '.join(names)}")
+    setattr(section, parts[1], _coerce(value, getattr(section, parts[1]), key, source))
+
+
+def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> RunConfig:
+    """Defaults, then the YAML file, then ``key=value`` overrides, checked key by key."""
+    cfg = RunConfig()
+    if path:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise StanceError("no such config file", path=path) from None
+        except yaml.YAMLError as exc:
+            raise StanceError(f"not valid YAML: {exc}", path=path) from None
+        if not isinstance(raw, dict):
+            raise StanceError("a config must be a mapping of sections", path=path)
+        for top, value in raw.items():
+            if isinstance(value, dict) and top in _SECTIONS:
+                for key, sub in value.items():
+                    _apply(cfg, f"{top}.{key}", sub, path)
+            else:
+                _apply(cfg, str(top), value, path)
+    for item in overrides:
+        if "=" not in item:
+            raise StanceError(f"--set takes key=value, got '{item}'")
+        key, value = item.split("=", 1)
+        _apply(cfg, key.strip(), value, "--set")
+    _validate(cfg, path or "config")
+    return cfg
+
+
+def _validate(cfg: RunConfig, source: str) -> None:
+    t = cfg.training
+    if t.epochs < 1 or t.batch_size < 1 or cfg.model.max_length < 8:
+        raise StanceError("epochs and batch_size must be >= 1 and max_length >= 8", path=source)
+    if not 0 < t.learning_rate < 1:
+        raise StanceError(f"training.learning_rate {t.learning_rate} is out of range", path=source)
+    if t.class_weighting not in ("balanced", "none"):
+        raise StanceError("training.class_weighting must be 'balanced' or 'none'", path=source)
+    if t.device not in ("auto", "cpu", "cuda"):
+        raise StanceError("training.device must be auto, cpu or cuda", path=source)
+    if len(set(cfg.data.labels)) != len(cfg.data.labels) or len(cfg.data.labels) < 2:
+        raise StanceError("data.labels must list at least two distinct labels", path=source)

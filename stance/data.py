@@ -1,0 +1,86 @@
+"""Loading labelled posts (for training and evaluation) with precise validation."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from .errors import StanceError, suggestion
+from .io import read_rows
+from .labels import LABELS, map_label
+
+# Optional columns carried along for per-slice metrics.
+SLICE_COLUMNS = ("lang", "platform", "hard")
+
+
+@dataclass
+class LabelledData:
+    """Posts with gold labels from one file, with the line each came from."""
+
+    path: str
+    texts: List[str]
+    labels: List[str]
+    lines: List[int]
+    columns: Dict[str, List[object]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def load_label_map(path: Optional[str]) -> Optional[Dict[str, str]]:
+    """A label map from JSON ({"FAVOR": "support"}) or YAML, or None."""
+    if not path:
+        return None
+    import yaml
+    try:
+        with open(path, encoding="utf-8") as fh:
+            mapping = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise StanceError("no such file", path=path) from None
+    except yaml.YAMLError as exc:
+        raise StanceError(f"not valid JSON/YAML: {exc}", path=path) from None
+    if not isinstance(mapping, dict):
+        raise StanceError("a label map must be a mapping like {FAVOR: support}", path=path)
+    return {str(k): str(v) for k, v in mapping.items()}
+
+
+def load_labelled(path: str, text_column: str = "text", label_column: str = "label",
+                  labels: Sequence[str] = LABELS, label_map: Optional[Mapping[str, str]] = None,
+                  encoding: str = "utf-8") -> LabelledData:
+    """Read a labelled file; raise one StanceError listing every bad row (first 10 shown)."""
+    columns, rows = read_rows(path, encoding=encoding)
+    for name, role in ((text_column, "text"), (label_column, "label")):
+        if name not in columns:
+            near = suggestion(name, columns)
+            raise StanceError(f"no {role} column '{name}'", path=path, column=name,
+                              hint=(near + " " if near else "") + f"available columns: {', '.join(columns)}")
+    if not rows:
+        raise StanceError("the file holds no rows", path=path)
+    problems: List[str] = []
+    data = LabelledData(path, [], [], [], {c: [] for c in SLICE_COLUMNS if c in columns})
+    for row in rows:
+        text = row.values.get(text_column)
+        raw_label = row.values.get(label_column)
+        label = map_label(raw_label, labels, label_map)
+        if text is None or not str(text).strip():
+            problems.append(f"line {row.line}, column '{text_column}': empty text")
+            continue
+        if label is None:
+            if raw_label is None or str(raw_label).strip() == "":
+                problems.append(f"line {row.line}, column '{label_column}': missing label")
+            else:
+                near = suggestion(str(raw_label), labels)
+                hint = f" ({near})" if near else (" (pass --label-map to translate other label names)"
+                                                  if label_map is None else "")
+                problems.append(f"line {row.line}, column '{label_column}': unknown label '{raw_label}'"
+                                f"; labels are {', '.join(labels)}{hint}")
+            continue
+        data.texts.append(str(text))
+        data.labels.append(label)
+        data.lines.append(row.line)
+        for col in data.columns:
+            data.columns[col].append(row.values.get(col))
+    if problems:
+        shown = "\n  ".join(problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise StanceError(f"{len(problems)} bad row(s):\n  {shown}{more}", path=path)
+    return data

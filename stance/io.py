@@ -1,0 +1,249 @@
+"""Reading and writing tables of posts (CSV, TSV, JSONL, Parquet; gzip; stdin/stdout).
+
+Readers stream: they yield rows with the physical line (or row) number where
+each record starts, so every error can name file, line and column. Bytes are
+decoded line by line to find the exact line of bad encoding.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Dict, Iterator, List, Optional, Tuple
+
+from .errors import StanceError
+
+FORMATS = ("csv", "tsv", "jsonl", "parquet")
+_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+             ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+
+# Posts can be long, and a stray quote can make one field swallow a file: allow
+# large fields but not unbounded ones.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+def detect_format(path: str, explicit: Optional[str] = None) -> str:
+    """The table format from ``explicit`` or the file name (``.gz`` ignored)."""
+    if explicit:
+        if explicit not in FORMATS:
+            raise StanceError(f"unknown format '{explicit}'; use one of {', '.join(FORMATS)}")
+        return explicit
+    if path == "-":
+        return "csv"
+    name = Path(path).name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    suffix = Path(name).suffix
+    if suffix not in _SUFFIXES:
+        raise StanceError(f"cannot tell the format from the name (suffix '{suffix}')", path=path,
+                          hint="use .csv, .tsv, .jsonl or .parquet, optionally .gz, or pass --format")
+    return _SUFFIXES[suffix]
+
+
+def _open_binary(path: str) -> IO[bytes]:
+    if path == "-":
+        return sys.stdin.buffer
+    p = Path(path)
+    if not p.exists():
+        raise StanceError("no such file", path=path)
+    if p.is_dir():
+        raise StanceError("is a folder, not a file", path=path)
+    if path.lower().endswith(".gz"):
+        return gzip.open(p, "rb")  # type: ignore[return-value]
+    return open(p, "rb")
+
+
+@dataclass
+class Row:
+    line: int                # 1-based line (CSV/JSONL) or row (Parquet) where the record starts
+    values: Dict[str, object]
+
+
+@dataclass
+class TableReader:
+    """Streams the rows of one table. ``columns`` is known after ``open()``."""
+
+    path: str
+    format: Optional[str] = None
+    encoding: str = "utf-8"
+    on_bad_lines: str = "error"        # or "skip"
+    columns: List[str] = field(default_factory=list)
+    skipped: List[Tuple[int, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.format = detect_format(self.path, self.format)
+        if self.on_bad_lines not in ("error", "skip"):
+            raise StanceError(f"--on-bad-lines must be 'error' or 'skip', not '{self.on_bad_lines}'")
+        self._rows: Optional[Iterator[Row]] = None
+
+    # -- public -------------------------------------------------------------
+    def open(self) -> "TableReader":
+        opener = {"csv": self._csv_rows, "tsv": self._csv_rows, "jsonl": self._jsonl_rows,
+                  "parquet": self._parquet_rows}[self.format]
+        self._rows = opener()
+        # Prime the generator so the header is read and `columns` is set.
+        self._first = next(self._rows, None)
+        return self
+
+    def rows(self) -> Iterator[Row]:
+        if self._rows is None:
+            self.open()
+        if self._first is not None:
+            yield self._first
+        yield from self._rows  # type: ignore[misc]
+
+    def chunks(self, size: int) -> Iterator[List[Row]]:
+        chunk: List[Row] = []
+        for row in self.rows():
+            chunk.append(row)
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def require_column(self, name: str, role: str = "text") -> None:
+        if name not in self.columns:
+            from .errors import did_you_mean
+            near = did_you_mean(name, self.columns)
+            hint = f"did you mean '{near}'? " if near else ""
+            raise StanceError(f"no {role} column '{name}'", path=self.path, column=name,
+                              hint=f"{hint}available columns: {', '.join(self.columns) or '(none)'}")
+
+    # -- formats ------------------------------------------------------------
+    def _decoded_lines(self, stream: IO[bytes]) -> Iterator[str]:
+        encoding = "utf-8-sig" if self.encoding.lower().replace("_", "-") in ("utf-8", "utf8") else self.encoding
+        for number, raw in enumerate(stream, start=1):
+            try:
+                yield raw.decode(encoding if number == 1 else self.encoding)
+            except UnicodeDecodeError as exc:
+                raise StanceError(f"bytes at position {exc.start + 1} of the line are not valid {self.encoding}",
+                                  path=self.path, line=number,
+                                  hint="pass --encoding (e.g. --encoding latin-1) if the file is not UTF-8") from None
+            except LookupError:
+                raise StanceError(f"unknown encoding '{self.encoding}'") from None
+
+    def _csv_rows(self) -> Iterator[Row]:
+        stream = _open_binary(self.path)
+        delimiter = "\t" if self.format == "tsv" else ","
+        reader = csv.reader(self._decoded_lines(stream), delimiter=delimiter, strict=True)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise StanceError("the file is empty (no header row)", path=self.path, line=1) from None
+        except csv.Error as exc:
+            raise StanceError(f"malformed header: {exc}", path=self.path, line=1) from None
+        header = [h.strip() for h in header]
+        seen = set()
+        for h in header:
+            if h in seen:
+                raise StanceError(f"column '{h}' appears twice in the header", path=self.path, line=1, column=h)
+            seen.add(h)
+        self.columns = header
+        width = len(header)
+        start = reader.line_num + 1
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                self._bad(start, f"malformed CSV: {exc}")
+                start = reader.line_num + 1
+                continue
+            line, start = start, reader.line_num + 1
+            if not fields:          # blank line
+                continue
+            if len(fields) != width:
+                self._bad(line, f"expected {width} fields, found {len(fields)}")
+                continue
+            yield Row(line, dict(zip(header, fields)))
+
+    def _jsonl_rows(self) -> Iterator[Row]:
+        stream = _open_binary(self.path)
+        order: Dict[str, None] = {}
+        for number, text in enumerate(self._decoded_lines(stream), start=1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as exc:
+                self._bad(number, f"invalid JSON: {exc.msg} at character {exc.colno}")
+                continue
+            if not isinstance(record, dict):
+                self._bad(number, "a JSON line must be an object")
+                continue
+            if not order:
+                order.update(dict.fromkeys(record))
+                self.columns = list(order)
+            yield Row(number, record)
+        if not order:
+            raise StanceError("the file holds no records", path=self.path)
+
+    def _parquet_rows(self) -> Iterator[Row]:
+        import pyarrow.parquet as pq
+        try:
+            source = sys.stdin.buffer.read() if self.path == "-" else self.path
+            pf = pq.ParquetFile(io.BytesIO(source) if isinstance(source, bytes) else source)
+        except Exception as exc:  # pyarrow raises several types for a damaged file
+            raise StanceError(f"cannot read Parquet: {exc}", path=self.path) from None
+        self.columns = list(pf.schema_arrow.names)
+        number = 0
+        for batch in pf.iter_batches(batch_size=8192):
+            for record in batch.to_pylist():
+                number += 1
+                yield Row(number, record)
+
+    def _bad(self, line: int, reason: str) -> None:
+        if self.on_bad_lines == "skip":
+            self.skipped.append((line, reason))
+            return
+        raise StanceError(reason, path=self.path, line=line, hint="fix the row, or pass --on-bad-lines skip")
+
+
+def read_rows(path: str, **kwargs) -> Tuple[List[str], List[Row]]:
+    """Whole table in memory: (columns, rows). For labelled files, not for exports."""
+    reader = TableReader(path, **kwargs).open()
+    rows = list(reader.rows())
+    return reader.columns, rows
+
+
+# ---------------------------------------------------------------------------
+# writing
+
+def excel_safe(value: object) -> object:
+    """Neutralise spreadsheet formulas in user-generated text (CSV injection)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+class TableWriter:
+    """Appends chunks of rows to a CSV, TSV or JSONL file (binary-safe, resumable)."""
+
+    def __init__(self, stream: IO[str], fmt: str, columns: List[str], write_header: bool):
+        if fmt not in ("csv", "tsv", "jsonl"):
+            raise ValueError(fmt)
+        self.stream, self.format, self.columns = stream, fmt, columns
+        if fmt in ("csv", "tsv"):
+            self._csv = csv.writer(stream, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
+            if write_header:
+                self._csv.writerow(columns)
+
+    def write(self, records: List[Dict[str, object]]) -> None:
+        if self.format == "jsonl":
+            self.stream.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records))
+        else:
+            self._csv.writerows([[_cell(r.get(c)) for c in self.columns] for r in records])
+
+
+def _cell(value: object) -> object:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value != value:  # NaN
+        return ""
+    return value

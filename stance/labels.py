@@ -1,0 +1,26 @@
+"""The label set of the codebook, mapped to ids once for the whole package."""
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional, Sequence
+
+LABELS: tuple[str, ...] = ("support", "oppose", "question", "neutral")
+LABEL2ID: Dict[str, int] = {label: i for i, label in enumerate(LABELS)}
+ID2LABEL: Dict[int, str] = {i: label for label, i in LABEL2ID.items()}
+
+# The two "sided" labels; F_avg (the SemEval measure) averages their F1.
+SIDED_LABELS: tuple[str, ...] = ("support", "oppose")
+
+
+def map_label(raw: object, labels: Sequence[str], label_map: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """Map a raw gold label to one of ``labels``, or None when it is not one.
+
+    ``label_map`` translates other vocabularies (FAVOR -> support) first; the
+    comparison is exact after the map, so 'Support' is reported as a near miss
+    rather than silently accepted.
+    """
+    if raw is None:
+        return None
+    value = str(raw).strip()
+    if label_map:
+        value = label_map.get(value, value)
+    return value if value in labels else None

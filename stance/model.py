@@ -1,0 +1,203 @@
+"""`StanceClassifier`: load a trained model folder and classify posts.
+
+    >>> from stance import StanceClassifier
+    >>> clf = StanceClassifier.load("models/default")
+    >>> clf.predict(["Bomb the labs. About time.", "¿Esto es legal?"])
+    ['support', 'question']
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import StanceError
+from .metrics import softmax
+from .textnorm import Normalizer
+
+FORMAT_VERSION = 1
+META_FILE = "stance.json"
+_REQUIRED = {
+    "transformer": ["config.json", "model.safetensors", "tokenizer.json"],
+    "tfidf": ["tfidf.json", "tfidf.safetensors"],
+}
+
+
+@dataclass
+class ModelMeta:
+    """What `stance.json` in a model folder records, beside the weights."""
+
+    engine: str                          # transformer | tfidf
+    labels: List[str]
+    backbone: str
+    max_length: int = 128
+    normalizer: Dict = field(default_factory=dict)
+    temperature: float = 1.0
+    min_confidence: float = 0.0
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def read(cls, folder: Path) -> "ModelMeta":
+        path = folder / META_FILE
+        if not folder.is_dir():
+            raise StanceError("model folder not found", path=str(folder),
+                              hint="train one with `stance train` or `make demo`")
+        if not path.exists():
+            raise StanceError(f"not a stance model folder: {META_FILE} is missing", path=str(folder))
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            meta = cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+        except (json.JSONDecodeError, TypeError, KeyError) as exc:
+            raise StanceError(f"damaged {META_FILE}: {exc}", path=str(path)) from None
+        if meta.engine not in _REQUIRED:
+            raise StanceError(f"unknown engine '{meta.engine}' in {META_FILE}", path=str(path))
+        missing = [f for f in _REQUIRED[meta.engine] if not (folder / f).exists()]
+        if missing:
+            raise StanceError(f"incomplete model folder: missing {', '.join(missing)}", path=str(folder))
+        return meta
+
+    def write(self, folder: Path) -> None:
+        (folder / META_FILE).write_text(json.dumps(self.__dict__, indent=2), encoding="utf-8")
+
+
+def pick_device(requested: str = "auto") -> str:
+    import torch
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+class TransformerEngine:
+    """Fine-tuned Hugging Face encoder; length-sorted batches with dynamic padding."""
+
+    def __init__(self, folder: Path, meta: ModelMeta, device: str = "auto"):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()   # a bar per load would drown scoring's own progress
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(folder), local_files_only=True, use_safetensors=True)
+        except Exception as exc:  # transformers raises many types for a damaged folder
+            raise StanceError(f"cannot load the model weights or tokenizer: {exc}", path=str(folder)) from None
+        self._setup(model, tokenizer, meta.max_length, device)
+
+    @classmethod
+    def from_objects(cls, model, tokenizer, max_length: int, device: str = "auto") -> "TransformerEngine":
+        """Wrap an in-memory model (used for dev evaluation during training)."""
+        engine = cls.__new__(cls)
+        engine._setup(model, tokenizer, max_length, device)
+        return engine
+
+    def _setup(self, model, tokenizer, max_length: int, device: str) -> None:
+        import torch
+        self.torch = torch
+        self.device = pick_device(device)
+        self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+        self.model.to(self.device).eval()
+
+    def logits(self, texts: Sequence[str], batch_size: int = 64) -> Tuple[np.ndarray, np.ndarray]:
+        """Logits in input order and, per text, whether it was cut to max_length."""
+        torch = self.torch
+        enc = self.tokenizer(list(texts), truncation=False, add_special_tokens=True)["input_ids"]
+        truncated = np.array([len(ids) > self.max_length for ids in enc])
+        ids = [seq if len(seq) <= self.max_length else seq[: self.max_length - 1] + seq[-1:] for seq in enc]
+        order = np.argsort([len(s) for s in ids], kind="stable")
+        out = np.empty((len(ids), self.model.config.num_labels), dtype=np.float32)
+        pad = self.tokenizer.pad_token_id or 0
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                width = max(len(ids[i]) for i in idx)
+                batch = torch.full((len(idx), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(idx), width), dtype=torch.long)
+                for row, i in enumerate(idx):
+                    batch[row, : len(ids[i])] = torch.tensor(ids[i])
+                    mask[row, : len(ids[i])] = 1
+                logits = self.model(input_ids=batch.to(self.device), attention_mask=mask.to(self.device)).logits
+                out[idx] = logits.float().cpu().numpy()
+        return out, truncated
+
+
+class TfidfEngine:
+    def __init__(self, folder: Path, meta: ModelMeta, device: str = "auto"):
+        from .tfidf import TfidfModel
+        try:
+            self.model = TfidfModel.load(folder)
+        except Exception as exc:
+            raise StanceError(f"cannot load the TF-IDF model: {exc}", path=str(folder)) from None
+
+    def logits(self, texts: Sequence[str], batch_size: int = 64) -> Tuple[np.ndarray, np.ndarray]:
+        return self.model.logits(texts).astype(np.float32), np.zeros(len(texts), dtype=bool)
+
+
+_ENGINES = {"transformer": TransformerEngine, "tfidf": TfidfEngine}
+
+
+class StanceClassifier:
+    """A trained stance model: `predict`, `predict_proba`, `score_frame`."""
+
+    def __init__(self, folder: Path, meta: ModelMeta, engine):
+        self.folder = folder
+        self.meta = meta
+        self.engine = engine
+        self.normalizer = Normalizer.from_dict(meta.normalizer)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike = "models/default", device: str = "auto",
+             threads: Optional[int] = None) -> "StanceClassifier":
+        folder = Path(path)
+        meta = ModelMeta.read(folder)
+        if threads:
+            import torch
+            torch.set_num_threads(threads)
+        return cls(folder, meta, _ENGINES[meta.engine](folder, meta, device=device))
+
+    from_pretrained = load
+
+    @property
+    def labels(self) -> List[str]:
+        return list(self.meta.labels)
+
+    def logits(self, texts: Sequence[str], batch_size: int = 64) -> Tuple[np.ndarray, np.ndarray]:
+        return self.engine.logits([self.normalizer(t) for t in texts], batch_size=batch_size)
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Calibrated probabilities, one row per text, columns in `labels` order."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if len(texts) == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        logits, _ = self.logits(texts, batch_size)
+        return softmax(logits, self.meta.temperature)
+
+    def predict(self, texts: Sequence[str], batch_size: int = 64) -> List[str]:
+        probs = self.predict_proba(texts, batch_size)
+        return [self.labels[i] for i in probs.argmax(axis=1)]
+
+    def score_frame(self, df, text_column: str = "text", min_confidence: Optional[float] = None,
+                    batch_size: int = 64):
+        """A copy of ``df`` with stance columns added: a pure function of one batch.
+
+        Engines such as Ray Data or Spark can map it over batches. Rows with no
+        text get an empty ``stance`` and a ``stance_note``.
+        """
+        from .scoring import score_records
+        records = df.to_dict("records")
+        scored, _ = score_records(self, records, text_column, min_confidence, batch_size)
+        import pandas as pd
+        return pd.DataFrame.from_records(scored, columns=list(df.columns) + self.output_columns)
+
+    @property
+    def output_columns(self) -> List[str]:
+        return ["stance", "confidence", *[f"p_{l}" for l in self.labels], "stance_note"]
+
+
+def classify(texts: Sequence[str] | str, model: str = "models/default") -> List[str]:
+    """One line: labels for a list of posts with the given (default) model."""
+    return StanceClassifier.load(model).predict([texts] if isinstance(texts, str) else list(texts))

@@ -1,0 +1,332 @@
+"""Reports a person can read (Markdown, self-contained HTML, PNG plots) and a program can parse (JSON)."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .errors import StanceError
+from .evaluation import public_view
+from .io import TableReader
+
+_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;
+text-align:right}th{background:#f3f3f3}td.t{text-align:left;max-width:600px}img{max-width:100%;margin:.5em 0;
+border:1px solid #eee}h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}"""
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path.name
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+class _Doc:
+    """Builds the Markdown and HTML versions of one report side by side."""
+
+    def __init__(self, title: str, folder: Path):
+        self.md: List[str] = [f"# {title}", ""]
+        self.html: List[str] = [f"<h1>{html.escape(title)}</h1>"]
+        self.folder = folder
+
+    def heading(self, text: str) -> None:
+        self.md += [f"## {text}", ""]
+        self.html.append(f"<h2>{html.escape(text)}</h2>")
+
+    def para(self, text: str) -> None:
+        self.md += [text, ""]
+        self.html.append(f"<p>{html.escape(text)}</p>")
+
+    def table(self, header: List[str], rows: List[List[object]], text_cols=()) -> None:
+        clean = lambda v: str(v).replace("|", "\\|").replace("\n", " ")
+        self.md += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        self.md += ["| " + " | ".join(clean(v) for v in r) + " |" for r in rows] + [""]
+        body = "".join("<tr>" + "".join(f"<td class=\"{'t' if i in text_cols else ''}\">{html.escape(str(v))}</td>"
+                                        for i, v in enumerate(r)) + "</tr>" for r in rows)
+        self.html.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + f"</tr>{body}</table>")
+
+    def image(self, name: str, alt: str) -> None:
+        self.md += [f"![{alt}]({name})", ""]
+        data = base64.b64encode((self.folder / name).read_bytes()).decode()
+        self.html.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">')
+
+    def write(self, title: str) -> None:
+        (self.folder / "report.md").write_text("\n".join(self.md), encoding="utf-8")
+        page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+                f"<style>{_CSS}</style></head><body>{''.join(self.html)}</body></html>")
+        (self.folder / "report.html").write_text(page, encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------
+# evaluation reports
+
+def _plot_confusion(cm, labels, path: Path, title: str) -> str:
+    plt = _plt()
+    cm = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=30)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, cm[i, j], ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def _plot_per_class(models: Dict[str, Dict], labels, path: Path) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    width = 0.8 / len(models)
+    for k, (name, m) in enumerate(models.items()):
+        ax.bar(np.arange(len(labels)) + k * width, [m["per_class"][l]["f1"] for l in labels], width, label=name)
+    ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, labels)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("F1")
+    ax.legend(fontsize=8)
+    ax.set_title("per-class F1")
+    return _save(fig, path)
+
+
+def _plot_reliability(models: Dict[str, Dict], path: Path) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    for name, m in models.items():
+        pts = [(b["confidence"], b["accuracy"]) for b in m["calibration"]["reliability"] if b["n"]]
+        ax.plot(*zip(*pts), "o-", label=f"{name} (ECE {m['calibration']['ece']:.3f})")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8)
+    ax.set_title("reliability diagram")
+    return _save(fig, path)
+
+
+def _plot_coverage(models: Dict[str, Dict], path: Path) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.4, 3.8))
+    for name, m in models.items():
+        pts = [(p["coverage"], p["accuracy"]) for p in m["calibration"]["coverage"]["points"] if p["accuracy"] is not None]
+        ax.plot(*zip(*pts), "o-", ms=3, label=name)
+    ax.axhline(0.9, color="grey", lw=1, ls=":")
+    ax.set_xlabel("coverage (share of posts kept)")
+    ax.set_ylabel("accuracy of kept posts")
+    ax.legend(fontsize=8)
+    ax.set_title("coverage-accuracy as the confidence threshold rises")
+    return _save(fig, path)
+
+
+def write_evaluation_report(report: Dict, folder: Path) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    labels, models = report["labels"], report["models"]
+    (folder / "metrics.json").write_text(json.dumps(public_view(report), indent=2, ensure_ascii=False),
+                                         encoding="utf-8")
+    title = "Model evaluation"
+    doc = _Doc(title, folder)
+    doc.para(f"Data: {', '.join(report['data'])} ({report['n']} posts). Labels: {', '.join(labels)}.")
+    doc.heading("Summary")
+    doc.table(["model", "macro-F1", "95% CI", "F_avg", "accuracy", "ECE"],
+              [[n, _pct(m["macro_f1"]), f"{_pct(m['ci']['macro_f1'][0])}–{_pct(m['ci']['macro_f1'][1])}",
+                _pct(m["f_avg"]), _pct(m["accuracy"]), f"{m['ece']:.3f}"] for n, m in models.items()])
+    for c in report["comparison"]:
+        doc.para(f"Paired bootstrap, {c['model_a']} minus {c['model_b']}: macro-F1 difference "
+                 f"{100 * c['difference']:+.1f} points (95% CI {100 * c['ci_low']:+.1f} to {100 * c['ci_high']:+.1f}), "
+                 f"p = {c['p_value']:.3f}.")
+    doc.image(_plot_per_class(models, labels, folder / "per_class_f1.png"), "per-class F1")
+    for i, (name, m) in enumerate(models.items()):
+        doc.heading(f"{name}: per class")
+        doc.table(["label", "precision", "recall", "F1", "support"],
+                  [[l, _pct(pc["precision"]), _pct(pc["recall"]), _pct(pc["f1"]), pc["support"]]
+                   for l, pc in m["per_class"].items()])
+        doc.image(_plot_confusion(m["confusion_matrix"], labels, folder / f"confusion_matrix_{i}.png", name),
+                  f"confusion matrix, {name}")
+        for col, slices in m["slices"].items():
+            doc.heading(f"{name}: by {col}")
+            doc.table([col, "n", "macro-F1", "F_avg", "accuracy", *[f"F1 {l}" for l in labels]],
+                      [[v, s["n"], _pct(s["macro_f1"]), _pct(s["f_avg"]), _pct(s["accuracy"]),
+                        *[_pct(s["per_class_f1"][l]) for l in labels]] for v, s in slices.items()])
+        cov = m["calibration"]["coverage"]
+        doc.heading(f"{name}: calibration and confidence threshold")
+        if cov["threshold"] is not None:
+            doc.para(f"Keeping only posts with confidence >= {cov['threshold']:.3f} gives accuracy >= 0.90 on "
+                     f"{_pct(cov['coverage_at_threshold'])}% of posts: a sensible --min-confidence for this data.")
+        else:
+            doc.para("No confidence threshold reaches accuracy 0.90 on this data.")
+        doc.heading(f"{name}: most confident errors")
+        doc.table(["text", "gold", "predicted", "confidence", "where"],
+                  [[e["text"][:300], e["gold"], e["predicted"], f"{e['confidence']:.3f}", f"{e['file']}:{e['line']}"]
+                   for e in m["confident_errors"]], text_cols=(0,))
+    doc.heading("Calibration")
+    doc.image(_plot_reliability(models, folder / "reliability.png"), "reliability diagram")
+    doc.image(_plot_coverage(models, folder / "coverage.png"), "coverage-accuracy curve")
+    doc.write(title)
+
+
+# ---------------------------------------------------------------------------
+# reports on scored exports
+
+def _wilson(k: int, n: int) -> List[float]:
+    from scipy.stats import binomtest
+    if n == 0:
+        return [0.0, 0.0]
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
+
+def _find_column(columns: List[str], wanted: Optional[str], candidates) -> Optional[str]:
+    if wanted:
+        if wanted not in columns:
+            raise StanceError(f"no column '{wanted}'", hint=f"available: {', '.join(columns)}")
+        return wanted
+    return next((c for c in candidates if c in columns), None)
+
+
+def summarise_scored(path: str, date_column: Optional[str] = None, examples: int = 5) -> Dict:
+    """Stream a scored file once and collect everything the report shows."""
+    import heapq
+    import pandas as pd
+
+    reader = TableReader(path).open()
+    for col in ("stance", "confidence"):
+        if col not in reader.columns:
+            raise StanceError(f"no '{col}' column: is this the output of `stance score`?", path=path, column=col)
+    date_col = _find_column(reader.columns, date_column, ("created_at", "date", "timestamp", "time"))
+    text_col = next((c for c in ("text", "body", "content", "message") if c in reader.columns), None)
+    groups = [c for c in ("lang", "platform", "source") if c in reader.columns]
+    stances, unlabelled, uncertain, total = Counter(), 0, 0, 0
+    by_group = {g: defaultdict(Counter) for g in groups}
+    dates: List[str] = []
+    date_stances: List[str] = []
+    top = defaultdict(list)
+    for row in reader.rows():
+        v = row.values
+        total += 1
+        s = str(v.get("stance") or "")
+        if not s:
+            unlabelled += 1
+            continue
+        stances[s] += 1
+        uncertain += str(v.get("stance_note") or "") == "uncertain"
+        for g in groups:
+            by_group[g][str(v.get(g) or "(missing)")][s] += 1
+        if date_col and v.get(date_col):
+            dates.append(str(v[date_col]))
+            date_stances.append(s)
+        if text_col:
+            try:
+                conf = float(v.get("confidence"))
+            except (TypeError, ValueError):
+                continue
+            item = (conf, row.line, str(v.get(text_col))[:280])
+            (heapq.heappush if len(top[s]) < examples else heapq.heappushpop)(top[s], item)
+    if total == 0:
+        raise StanceError("the scored file holds no rows", path=path)
+    n = sum(stances.values())
+    summary = {
+        "schema_version": 1, "file": path, "rows": total, "labelled": n, "unlabelled": unlabelled,
+        "uncertain": uncertain,
+        "shares": {s: {"count": c, "share": c / n, "ci95": _wilson(c, n)} for s, c in stances.most_common()},
+        "by": {g: {k: {s: c for s, c in cnt.items()} for k, cnt in vals.items()} for g, vals in by_group.items()},
+        "examples": {s: [{"confidence": c, "line": l, "text": t} for c, l, t in sorted(items, reverse=True)]
+                     for s, items in top.items()},
+        "over_time": None,
+    }
+    if dates:
+        ts = pd.to_datetime(pd.Series(dates), errors="coerce", utc=True)
+        ok = ts.notna().to_numpy()
+        if ok.any():
+            span_days = (ts[ok].max() - ts[ok].min()).days
+            freq = "D" if span_days <= 60 else "W"
+            periods = ts[ok].dt.tz_localize(None).dt.to_period(freq).astype(str)
+            table = pd.crosstab(periods, pd.Series(np.array(date_stances)[ok], index=periods.index))
+            summary["over_time"] = {"date_column": date_col, "frequency": "daily" if freq == "D" else "weekly",
+                                    "unparsed_dates": int((~ok).sum()),
+                                    "periods": {str(p): {s: int(table.loc[p, s]) for s in table.columns}
+                                                for p in table.index}}
+    return summary
+
+
+def write_scored_report(path: str, folder: Path, date_column: Optional[str] = None) -> str:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = summarise_scored(path, date_column)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    plt = _plt()
+    title = f"Stance in {Path(path).name}"
+    doc = _Doc(title, folder)
+    doc.para(f"{summary['rows']:,} rows; {summary['labelled']:,} labelled, {summary['unlabelled']:,} without text, "
+             f"{summary['uncertain']:,} marked uncertain (still counted under their most likely stance).")
+    doc.heading("Stance shares")
+    shares = summary["shares"]
+    doc.table(["stance", "posts", "share", "95% CI (Wilson)"],
+              [[s, f"{v['count']:,}", _pct(v["share"]), f"{_pct(v['ci95'][0])}–{_pct(v['ci95'][1])}"]
+               for s, v in shares.items()])
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    names = list(shares)
+    vals = [shares[s]["share"] for s in names]
+    err = [[shares[s]["share"] - shares[s]["ci95"][0] for s in names], [shares[s]["ci95"][1] - shares[s]["share"] for s in names]]
+    ax.bar(names, vals, yerr=err, capsize=4, color="#4c72b0")
+    ax.set_ylabel("share of posts")
+    ax.set_title("stance shares with 95% intervals")
+    doc.image(_save(fig, folder / "shares.png"), "stance shares")
+    ot = summary["over_time"]
+    if ot and ot["periods"]:
+        doc.heading(f"Over time ({ot['frequency']}, by {ot['date_column']})")
+        periods = list(ot["periods"])
+        fig, ax = plt.subplots(figsize=(8, 3.6))
+        for s in names:
+            totals = [sum(ot["periods"][p].values()) for p in periods]
+            ax.plot(periods, [ot["periods"][p].get(s, 0) / max(t, 1) for p, t in zip(periods, totals)], marker="o", ms=3, label=s)
+        ax.set_ylabel("share of posts")
+        ax.legend(fontsize=8)
+        step = max(1, math.ceil(len(periods) / 12))
+        ax.set_xticks(range(0, len(periods), step), [periods[i] for i in range(0, len(periods), step)], rotation=30, fontsize=7)
+        doc.image(_save(fig, folder / "over_time.png"), "stance over time")
+        doc.table(["period", "posts", *names],
+                  [[p, sum(c.values()), *[_pct(c.get(s, 0) / max(sum(c.values()), 1)) for s in names]]
+                   for p, c in ot["periods"].items()])
+    for g, vals in summary["by"].items():
+        doc.heading(f"By {g}")
+        doc.table([g, "posts", *[f"{s} %" for s in names]],
+                  [[k, sum(c.values()), *[_pct(c.get(s, 0) / max(sum(c.values()), 1)) for s in names]]
+                   for k, c in sorted(vals.items(), key=lambda kv: -sum(kv[1].values()))])
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        keys = [k for k, _ in sorted(vals.items(), key=lambda kv: -sum(kv[1].values()))][:12]
+        bottom = np.zeros(len(keys))
+        for s in names:
+            share = np.array([vals[k].get(s, 0) / max(sum(vals[k].values()), 1) for k in keys])
+            ax.bar(keys, share, bottom=bottom, label=s)
+            bottom += share
+        ax.set_ylabel("share")
+        ax.legend(fontsize=7, ncol=len(names))
+        doc.image(_save(fig, folder / f"by_{g}.png"), f"stance by {g}")
+    if summary["examples"]:
+        doc.heading("Most confident examples per stance")
+        doc.table(["stance", "confidence", "line", "text"],
+                  [[s, f"{e['confidence']:.3f}", e["line"], e["text"]] for s, items in summary["examples"].items()
+                   for e in items], text_cols=(3,))
+    doc.write(title)
+    return "\n".join([f"{summary['labelled']:,} labelled posts in {path}:"]
+                     + [f"  {s:<10} {_pct(v['share']):>5}%  [{_pct(v['ci95'][0])}, {_pct(v['ci95'][1])}]"
+                        for s, v in shares.items()] + [f"report: {folder / 'report.html'}"])

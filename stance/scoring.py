@@ -1,0 +1,429 @@
+"""Batch scoring of exports: streaming, checkpointed, resumable, never half-written.
+
+Rows are read, scored and written in chunks, so memory stays flat whatever the
+input size. Output goes to ``OUTPUT.partial`` and is renamed when complete;
+after every chunk a small checkpoint ``OUTPUT.ckpt.json`` records how far the
+run got, so ``--resume`` continues after Ctrl-C or kill -9 with no lost or
+duplicated rows.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .backbones import folder_digest
+from .errors import StanceError
+from .io import TableReader, TableWriter, detect_format, excel_safe
+from .metrics import softmax
+
+log = logging.getLogger("stance.score")
+CHECKPOINT_VERSION = 1
+
+
+def score_records(clf, records: List[Dict], text_column: str, min_confidence: Optional[float] = None,
+                  batch_size: int = 64) -> Tuple[List[Dict], Counter]:
+    """Score one batch of row dicts; returns new dicts (input keys first) and counts of notes."""
+    threshold = clf.meta.min_confidence if min_confidence is None else min_confidence
+    notes: Counter = Counter()
+    todo, texts = [], []
+    for i, rec in enumerate(records):
+        value = rec.get(text_column)
+        if value is None or (isinstance(value, float) and value != value):
+            notes["missing_text"] += 1
+        elif not str(value).strip():
+            notes["empty_text"] += 1
+        else:
+            todo.append(i)
+            texts.append(str(value))
+    probs = np.zeros((len(texts), len(clf.labels)), dtype=np.float32)
+    if texts:
+        logits, truncated = clf.logits(texts, batch_size=batch_size)
+        probs = softmax(logits, clf.meta.temperature)
+        notes["truncated"] += int(truncated.sum())
+    out = []
+    row_probs = dict(zip(todo, probs))
+    for i, rec in enumerate(records):
+        new = dict(rec)
+        p = row_probs.get(i)
+        if p is None:
+            value = rec.get(text_column)
+            note = "missing_text" if value is None or (isinstance(value, float) and value != value) else "empty_text"
+            new.update({"stance": "", "confidence": None, **{f"p_{l}": None for l in clf.labels},
+                        "stance_note": note})
+        else:
+            top = int(p.argmax())
+            conf = float(p[top])
+            uncertain = conf < threshold
+            notes["uncertain"] += uncertain
+            new.update({"stance": clf.labels[top], "confidence": round(conf, 4),
+                        **{f"p_{l}": round(float(v), 4) for l, v in zip(clf.labels, p)},
+                        "stance_note": "uncertain" if uncertain else ""})
+        out.append(new)
+    return out, notes
+
+
+@dataclass
+class ScoreOptions:
+    text_column: str = "text"
+    id_column: Optional[str] = None
+    batch_size: int = 64
+    chunk_size: int = 4096
+    input_format: Optional[str] = None
+    output_format: Optional[str] = None
+    min_confidence: Optional[float] = None
+    resume: bool = False
+    excel_safe: bool = False
+    encoding: str = "utf-8"
+    on_bad_lines: str = "error"
+    progress: Optional[bool] = None      # None: a bar on a terminal, log lines otherwise
+
+
+@dataclass
+class ScoreSummary:
+    rows: int = 0
+    scored: int = 0
+    stances: Counter = field(default_factory=Counter)
+    notes: Counter = field(default_factory=Counter)
+    skipped_lines: List[Tuple[str, int, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    resumed_from: int = 0
+    output: str = ""
+
+    def to_text(self) -> str:
+        lines = [f"scored {self.scored:,} of {self.rows:,} rows -> {self.output}"
+                 + (f" (resumed after {self.resumed_from:,} rows)" if self.resumed_from else "")]
+        for label, count in self.stances.most_common():
+            lines.append(f"  {label:<10} {count:>10,}  {count / max(self.scored, 1):6.1%}")
+        if self.notes.get("uncertain"):
+            lines.append(f"  uncertain rows (below --min-confidence): {self.notes['uncertain']:,}")
+        for note in ("empty_text", "missing_text"):
+            if self.notes.get(note):
+                lines.append(f"  rows with no label ({note}): {self.notes[note]:,}")
+        if self.notes.get("truncated"):
+            lines.append(f"  texts truncated to the model's length limit: {self.notes['truncated']:,}")
+        if self.skipped_lines:
+            lines.append(f"  malformed lines skipped: {len(self.skipped_lines):,}")
+            for path, line, reason in self.skipped_lines[:5]:
+                lines.append(f"    {path}:{line}: {reason}")
+        rate = (self.scored - self.resumed_from) / self.seconds if self.seconds > 0 else 0.0
+        lines.append(f"  {rate:,.0f} rows/s over {self.seconds:,.1f} s")
+        return "\n".join(lines)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _count_rows(path: str, fmt: str) -> Optional[int]:
+    """Approximate row count for progress (lines; exact unless fields hold newlines)."""
+    if path == "-" or path.endswith(".gz"):
+        return None
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+        return pq.ParquetFile(path).metadata.num_rows
+    with open(path, "rb") as fh:
+        n = sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 20), b""))
+    return max(n - (1 if fmt in ("csv", "tsv") else 0), 0)
+
+
+class _Progress:
+    def __init__(self, total: Optional[int], enabled: Optional[bool], start: int = 0):
+        self.total, self.done, self.t0, self.last = total, start, time.time(), 0.0
+        self.start = start
+        tty = sys.stderr.isatty() if enabled is None else enabled
+        self.bar = None
+        if tty:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, initial=start, unit="rows", desc="scoring", file=sys.stderr,
+                            dynamic_ncols=True)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.time()
+        if now - self.last >= 10 or (self.total and self.done >= self.total):
+            self.last = now
+            rate = (self.done - self.start) / max(now - self.t0, 1e-9)
+            if self.total:
+                eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+                log.info("scored %s/%s rows (%.1f%%), %.0f rows/s, ETA %s", f"{self.done:,}",
+                         f"{self.total:,}", 100 * self.done / max(self.total, 1), rate, _fmt_eta(eta))
+            else:
+                log.info("scored %s rows, %.0f rows/s", f"{self.done:,}", rate)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _fmt_eta(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class _Output:
+    """The partial output and its checkpoint, for CSV/TSV/JSONL (byte offsets) or Parquet (parts)."""
+
+    def __init__(self, path: str, fmt: str):
+        self.path, self.format = path, fmt
+        self.partial = path + ".partial"
+        self.ckpt = path + ".ckpt.json"
+        self.stdout = path == "-"
+
+    def clean(self) -> None:
+        for p in (self.partial, self.ckpt):
+            if os.path.isdir(p):
+                shutil.rmtree(p, ignore_errors=True)
+            elif os.path.exists(p):
+                os.remove(p)
+
+    def read_checkpoint(self) -> Optional[dict]:
+        try:
+            return json.loads(Path(self.ckpt).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def write_checkpoint(self, state: dict) -> None:
+        tmp = self.ckpt + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.ckpt)
+
+
+def score_files(inputs: Sequence[str], output: str, clf, options: ScoreOptions = ScoreOptions()) -> ScoreSummary:
+    """Score every row of ``inputs`` into ``output``; see the module docstring."""
+    if not inputs:
+        raise StanceError("no input files given")
+    out_fmt = options.output_format or (detect_format(output) if output != "-" else "csv")
+    if inputs.count("-") and options.resume:
+        raise StanceError("--resume needs input files, not stdin")
+    out = _Output(output, out_fmt)
+    if out.stdout and options.resume:
+        raise StanceError("--resume needs an output file, not stdout")
+    if not out.stdout:
+        for path in inputs:
+            if path != "-" and Path(path).resolve() == Path(output).resolve():
+                raise StanceError("the output would overwrite an input", path=output)
+        parent = Path(output).resolve().parent
+        if not parent.is_dir():
+            raise StanceError("the output folder does not exist", path=str(parent))
+
+    readers = [TableReader(p, format=options.input_format, encoding=options.encoding,
+                           on_bad_lines=options.on_bad_lines) for p in inputs]
+    for r in readers:
+        r.open()
+        r.require_column(options.text_column, "text")
+        if options.id_column:
+            r.require_column(options.id_column, "id")
+    columns = _output_columns(readers, clf)
+
+    state = {
+        "version": CHECKPOINT_VERSION,
+        "inputs": [{"path": os.path.abspath(p), "sha256": _sha256(p)} for p in inputs if p != "-"],
+        "model": folder_digest(clf.folder),
+        "options": {k: v for k, v in asdict(options).items() if k in ("text_column", "min_confidence",
+                                                                       "excel_safe", "output_format")},
+        "format": out_fmt, "rows_done": 0, "output_bytes": 0, "parts": 0,
+        "stances": {}, "notes": {},
+    }
+    summary = ScoreSummary(output=output)
+    previous = out.read_checkpoint() if not out.stdout else None
+    if options.resume:
+        if previous is None:
+            raise StanceError("nothing to resume: no checkpoint beside the output", path=out.ckpt)
+        for key in ("inputs", "model", "options", "format"):
+            if previous.get(key) != state[key]:
+                what = {"inputs": "the input changed", "model": "the model changed",
+                        "options": "the scoring options changed", "format": "the output format changed"}[key]
+                raise StanceError(f"cannot resume: {what} since the interrupted run", path=out.ckpt,
+                                  hint="run again without --resume to start over")
+        state = previous
+        summary.resumed_from = state["rows_done"]
+        summary.stances.update(state["stances"])
+        summary.notes.update(state["notes"])
+    elif previous is not None:
+        log.warning("an unfinished earlier run of this output exists; starting over (use --resume to continue it)")
+        out.clean()
+    if not out.stdout and not options.resume:
+        out.write_checkpoint(state)      # resumable even if stopped inside the first chunk
+
+    total = sum(filter(None, (_count_rows(p, r.format) for p, r in zip(inputs, readers)))) if "-" not in inputs else None
+    progress = _Progress(total, options.progress, start=state["rows_done"])
+    t0 = time.time()
+    try:
+        _run(readers, out, clf, options, columns, state, summary, progress)
+    except KeyboardInterrupt:
+        progress.close()
+        if not out.stdout:
+            log.error("interrupted after %s rows; finished chunks are kept: rerun with --resume to continue",
+                      f"{state['rows_done']:,}")
+        raise
+    except BaseException:
+        progress.close()
+        if not out.stdout:
+            out.clean()
+        raise
+    progress.close()
+    for r in readers:
+        summary.skipped_lines.extend((r.path, line, reason) for line, reason in r.skipped)
+    summary.rows = state["rows_done"]
+    summary.scored = state["rows_done"]
+    summary.seconds = time.time() - t0
+    return summary
+
+
+def _output_columns(readers: List[TableReader], clf) -> List[str]:
+    first = readers[0].columns
+    for r in readers[1:]:
+        if r.columns != first:
+            raise StanceError("columns differ from the first input's "
+                              f"({', '.join(first)})", path=r.path, line=1)
+    added = clf.output_columns
+    return [c for c in first if c not in added] + added
+
+
+def _run(readers, out: _Output, clf, options: ScoreOptions, columns, state, summary, progress) -> None:
+    skip = state["rows_done"]
+    writer_stream = None
+    if out.stdout:
+        writer_stream = sys.stdout
+    elif out.format != "parquet":
+        mode = "r+b" if skip and os.path.exists(out.partial) else "wb"
+        raw = open(out.partial, mode)
+        if mode == "r+b":       # drop bytes written after the last checkpoint
+            raw.truncate(state["output_bytes"])
+        raw.seek(0, os.SEEK_END)
+    else:
+        os.makedirs(out.partial, exist_ok=True)
+        for name in os.listdir(out.partial):       # drop parts written after the last checkpoint
+            if int(name.split("-")[1].split(".")[0]) >= state["parts"]:
+                os.remove(os.path.join(out.partial, name))
+    header_needed = skip == 0
+    seen = 0
+    try:
+        for reader in readers:
+            for chunk in reader.chunks(options.chunk_size):
+                if seen + len(chunk) <= skip:
+                    seen += len(chunk)
+                    continue
+                if seen < skip:                  # a chunk boundary that moved (not expected)
+                    chunk = chunk[skip - seen:]
+                    seen = skip
+                records = [r.values for r in chunk]
+                scored, notes = score_records(clf, records, options.text_column, options.min_confidence,
+                                              options.batch_size)
+                if options.excel_safe:
+                    scored = [{k: excel_safe(v) for k, v in rec.items()} for rec in scored]
+                if out.format == "parquet" and not out.stdout:
+                    _write_part(out, state["parts"], scored, columns)
+                    state["parts"] += 1
+                else:
+                    buf = io.StringIO()
+                    TableWriter(buf, out.format, columns, write_header=header_needed).write(scored)
+                    header_needed = False
+                    if out.stdout:
+                        writer_stream.write(buf.getvalue())
+                        writer_stream.flush()
+                    else:
+                        raw.write(buf.getvalue().encode("utf-8"))
+                        raw.flush()
+                        os.fsync(raw.fileno())
+                        state["output_bytes"] = raw.tell()
+                seen += len(chunk)
+                state["rows_done"] = seen
+                summary.stances.update(r["stance"] for r in scored if r["stance"])
+                summary.notes.update(notes)
+                state["stances"], state["notes"] = dict(summary.stances), dict(summary.notes)
+                if not out.stdout:
+                    out.write_checkpoint(state)
+                progress.update(len(chunk))
+        if header_needed and out.format in ("csv", "tsv"):   # an input with a header and no rows
+            buf = io.StringIO()
+            TableWriter(buf, out.format, columns, write_header=True)
+            if out.stdout:
+                writer_stream.write(buf.getvalue())
+            else:
+                raw.write(buf.getvalue().encode("utf-8"))
+    finally:
+        if not out.stdout and out.format != "parquet":
+            raw.close()
+    if out.stdout:
+        return
+    if out.format == "parquet":
+        _merge_parts(out, state["parts"], columns)
+    else:
+        os.replace(out.partial, out.path)
+    os.remove(out.ckpt)
+
+
+def _part_schema(out: _Output, table):
+    """Part 0 fixes the schema; columns that were all-null there become strings (or floats)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    first = os.path.join(out.partial, "part-000000.parquet")
+    if os.path.exists(first):
+        return pq.read_schema(first)
+    fields = []
+    for f in table.schema:
+        if pa.types.is_null(f.type):
+            numeric = f.name == "confidence" or f.name.startswith("p_")
+            f = pa.field(f.name, pa.float64() if numeric else pa.string())
+        fields.append(f)
+    return pa.schema(fields)
+
+
+def _write_part(out: _Output, index: int, records: List[Dict], columns: List[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in records])
+    try:
+        table = table.cast(_part_schema(out, table))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise StanceError(f"rows of chunk {index + 1} do not fit the Parquet column types of the first chunk: {exc}",
+                          path=out.path, hint="write CSV or JSONL instead") from None
+    tmp = os.path.join(out.partial, f".part-{index:06d}.parquet")
+    pq.write_table(table, tmp)
+    os.replace(tmp, os.path.join(out.partial, f"part-{index:06d}.parquet"))
+
+
+def _merge_parts(out: _Output, parts: int, columns: List[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    tmp = out.path + ".merging"
+    writer = None
+    try:
+        for i in range(parts):
+            table = pq.read_table(os.path.join(out.partial, f"part-{i:06d}.parquet"))
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+        if writer is None:
+            writer = pq.ParquetWriter(tmp, pa.schema([(c, pa.string()) for c in columns]))
+    finally:
+        if writer is not None:
+            writer.close()
+    os.replace(tmp, out.path)
+    shutil.rmtree(out.partial, ignore_errors=True)

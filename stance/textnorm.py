@@ -1,0 +1,53 @@
+"""Text normalisation applied identically at training and scoring time.
+
+The settings are saved in each model folder, so a model always sees text the
+way it was trained on it.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import asdict, dataclass
+
+import emoji
+
+_URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
+_MENTION = re.compile(r"(?<![\w@])@\w{1,30}")
+_SPACE = re.compile(r"\s+")
+_EMOJI_NAME = re.compile("\ue000([^\ue001]*)\ue001")
+_CONTROL = dict.fromkeys(c for c in range(32) if chr(c) not in "\t\n\r")
+# Bounds the work on absurdly long cells before tokenisation truncates them anyway.
+MAX_CHARS = 5000
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """How raw posts are cleaned. Defaults follow TweetEval-style preprocessing."""
+
+    urls: bool = True          # every link -> "http": link targets carry no stance, only noise
+    mentions: bool = True      # "@someone" -> "@user": handles are sparse and leak identities
+    emoji_to_text: bool = True  # "🇲🇽" -> " mexico " so uncased WordPiece vocabularies can see emoji
+    lowercase: bool = False
+
+    def __call__(self, text: str) -> str:
+        if len(text) > MAX_CHARS:
+            text = text[:MAX_CHARS]
+        text = unicodedata.normalize("NFC", text).translate(_CONTROL)
+        if self.urls:
+            text = _URL.sub("http", text)
+        if self.mentions:
+            text = _MENTION.sub("@user", text)
+        if self.emoji_to_text:
+            # Private-use delimiters so ordinary colons in the post are left alone.
+            text = emoji.demojize(text, delimiters=(" \ue000", "\ue001 "), language="alias")
+            text = _EMOJI_NAME.sub(lambda m: m.group(1).replace("_", " "), text)
+        if self.lowercase:
+            text = text.lower()
+        return _SPACE.sub(" ", text).strip()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Normalizer":
+        return cls(**{k: v for k, v in (data or {}).items() if k in cls.__dataclass_fields__})

