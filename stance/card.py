@@ -41,6 +41,16 @@ def write_model_card(folder: Path, cfg, metrics: Dict) -> None:
                   f"Probabilities are temperature-scaled (T = {cal['temperature']}, fitted on dev). "
                   f"Default `--min-confidence` {cal['min_confidence']}: the lowest threshold at which dev accuracy "
                   f"of the kept posts reaches 0.90 (keeps {_pct(cal['dev_coverage_at_min_confidence'])}% of dev).", ""]
+    fast = metrics.get("fast_path")
+    if fast and "label_agreement" in fast:
+        lines += ["## Fast CPU path (8-bit ONNX)", "",
+                  f"`{fast['file']}` is this model exported to ONNX with 8-bit weights (int8 matrix products). "
+                  f"On the {fast['n']} dev and test posts it gives the same label as the fp32 model on "
+                  f"{_pct(fast['label_agreement'])}% of posts, macro-F1 {100 * fast['macro_f1_delta']:+.2f} points. "
+                  + ("It passed the check (>= 99% agreement, <= 0.5 points lower) and `stance score` uses it on CPU "
+                     "by default (`--runtime torch` turns it off)." if fast["enabled"] else
+                     "It failed the check (>= 99% agreement, <= 0.5 points lower) and was removed; scoring uses PyTorch."),
+                  ""]
     for split in ("dev", "test"):
         m = metrics.get(split)
         if not m:

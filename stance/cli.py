@@ -60,13 +60,16 @@ def score(
     encoding: str = typer.Option("utf-8", "--encoding", help="Input text encoding."),
     on_bad_lines: str = typer.Option("error", "--on-bad-lines", help="error (stop) or skip (count and report) malformed rows."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the model (default: all cores)."),
+    runtime: str = typer.Option("auto", "--runtime",
+                                help="auto (int8 ONNX on CPU when the model has a checked one, else PyTorch), torch or onnx."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, only the summary."),
 ):
     """Score posts from exports; adds stance, confidence, p_<label> and stance_note columns."""
     _setup_logging(quiet)
     from .model import StanceClassifier
     from .scoring import ScoreOptions, score_files
-    clf = StanceClassifier.load(model, threads=threads)
+    clf = StanceClassifier.load(model, threads=threads, runtime=runtime)
+    logging.getLogger("stance.score").info("model %s, runtime %s", model, clf.runtime)
     opts = ScoreOptions(text_column=text_column, id_column=id_column, batch_size=batch_size, chunk_size=chunk_size,
                         input_format=input_format, output_format=fmt, min_confidence=min_confidence,
                         resume=resume, excel_safe=excel_safe, encoding=encoding, on_bad_lines=on_bad_lines,
@@ -84,12 +87,13 @@ def evaluate(
     text_column: str = typer.Option("text", "--text-column"),
     label_column: str = typer.Option("label", "--label-column"),
     label_map: Optional[str] = typer.Option(None, "--label-map", help="JSON/YAML map of gold labels, e.g. {FAVOR: support}."),
+    runtime: str = typer.Option("auto", "--runtime", help="auto, torch or onnx (as for `stance score`)."),
 ):
     """Evaluate one or more models on labelled posts; writes a readable and a machine-readable report."""
     _setup_logging()
     from .evaluation import evaluate_models
     from .reporting import write_evaluation_report
-    result = evaluate_models([str(m) for m in model], data, text_column, label_column, label_map)
+    result = evaluate_models([str(m) for m in model], data, text_column, label_column, label_map, runtime=runtime)
     write_evaluation_report(result, output)
     for name, m in result["models"].items():
         typer.echo(f"{name}: macro-F1 {m['macro_f1']:.3f} [{m['ci']['macro_f1'][0]:.3f}, {m['ci']['macro_f1'][1]:.3f}]"

@@ -35,6 +35,7 @@ class ModelConfig:
     normalize_mentions: bool = True
     emoji_to_text: bool = True
     freeze_embeddings: bool = False   # cheaper steps for large-vocabulary backbones
+    fast_path: bool = True            # build and check the int8 ONNX model for fast CPU scoring
 
 
 @dataclass

@@ -52,6 +52,7 @@ def evaluate_model(clf: StanceClassifier, data: LabelledData, n_boot: int = 1000
     pred = np.array([labels[i] for i in pred_ids])
     gold = np.array(data.labels)
     m = compute_metrics(list(gold), list(pred), labels, probs)
+    m["runtime"] = clf.runtime
     m["ci"] = bootstrap_ci(gold_ids, pred_ids, len(labels), n_boot=n_boot)
     m["slices"] = {col: _slice_metrics(gold, pred, vals, labels)
                    for col, vals in data.columns.items() if col in ("lang", "platform", "hard", "file")
@@ -76,12 +77,13 @@ def evaluate_model(clf: StanceClassifier, data: LabelledData, n_boot: int = 1000
 
 
 def evaluate_models(model_paths: Sequence[str], data_paths: Sequence[str], text_column: str = "text",
-                    label_column: str = "label", label_map_path: Optional[str] = None, n_boot: int = 1000) -> Dict:
+                    label_column: str = "label", label_map_path: Optional[str] = None, n_boot: int = 1000,
+                    runtime: str = "auto") -> Dict:
     """Evaluate each model on the same posts; the first model's metrics are also at the top level."""
     if not model_paths:
         raise StanceError("give at least one --model")
     label_map = load_label_map(label_map_path)
-    models = [StanceClassifier.load(p) for p in model_paths]
+    models = [StanceClassifier.load(p, runtime=runtime) for p in model_paths]
     labels = models[0].labels
     for clf in models[1:]:
         if clf.labels != labels:

@@ -38,6 +38,7 @@ class ModelMeta:
     normalizer: Dict = field(default_factory=dict)
     temperature: float = 1.0
     min_confidence: float = 0.0
+    fast_path: Dict = field(default_factory=dict)   # int8 ONNX check results (see onnx_runtime.py)
     format_version: int = FORMAT_VERSION
 
     @classmethod
@@ -104,24 +105,35 @@ class TransformerEngine:
     def logits(self, texts: Sequence[str], batch_size: int = 64) -> Tuple[np.ndarray, np.ndarray]:
         """Logits in input order and, per text, whether it was cut to max_length."""
         torch = self.torch
-        enc = self.tokenizer(list(texts), truncation=False, add_special_tokens=True)["input_ids"]
-        truncated = np.array([len(ids) > self.max_length for ids in enc])
-        ids = [seq if len(seq) <= self.max_length else seq[: self.max_length - 1] + seq[-1:] for seq in enc]
-        order = np.argsort([len(s) for s in ids], kind="stable")
+        ids, truncated = encode(self.tokenizer, texts, self.max_length)
         out = np.empty((len(ids), self.model.config.num_labels), dtype=np.float32)
-        pad = self.tokenizer.pad_token_id or 0
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                width = max(len(ids[i]) for i in idx)
-                batch = torch.full((len(idx), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for row, i in enumerate(idx):
-                    batch[row, : len(ids[i])] = torch.tensor(ids[i])
-                    mask[row, : len(ids[i])] = 1
-                logits = self.model(input_ids=batch.to(self.device), attention_mask=mask.to(self.device)).logits
+            for idx, input_ids, mask in length_sorted_batches(ids, batch_size, self.tokenizer.pad_token_id or 0):
+                logits = self.model(input_ids=torch.from_numpy(input_ids).to(self.device),
+                                    attention_mask=torch.from_numpy(mask).to(self.device)).logits
                 out[idx] = logits.float().cpu().numpy()
         return out, truncated
+
+
+def encode(tokenizer, texts: Sequence[str], max_length: int) -> Tuple[List[List[int]], np.ndarray]:
+    """Token ids cut to max_length (keeping the final special token), and which texts were cut."""
+    enc = tokenizer(list(texts), truncation=False, add_special_tokens=True, verbose=False)["input_ids"]
+    truncated = np.array([len(seq) > max_length for seq in enc], dtype=bool)
+    return [seq if len(seq) <= max_length else seq[: max_length - 1] + seq[-1:] for seq in enc], truncated
+
+
+def length_sorted_batches(ids: List[List[int]], batch_size: int, pad_id: int):
+    """Yield (positions, input_ids, attention_mask) for batches of similar length: little padding."""
+    order = np.argsort([len(s) for s in ids], kind="stable")
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(ids[i]) for i in idx)
+        input_ids = np.full((len(idx), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(idx), width), dtype=np.int64)
+        for row, i in enumerate(idx):
+            input_ids[row, : len(ids[i])] = ids[i]
+            mask[row, : len(ids[i])] = 1
+        yield idx, input_ids, mask
 
 
 class TfidfEngine:
@@ -150,13 +162,38 @@ class StanceClassifier:
 
     @classmethod
     def load(cls, path: str | os.PathLike = "models/default", device: str = "auto",
-             threads: Optional[int] = None) -> "StanceClassifier":
+             threads: Optional[int] = None, runtime: str = "auto") -> "StanceClassifier":
+        """Load a model folder.
+
+        ``runtime``: ``auto`` uses the int8 ONNX path on CPU when the folder has one that passed its
+        accuracy check and onnxruntime is installed, else PyTorch; ``torch`` and ``onnx`` force one.
+        """
         folder = Path(path)
         meta = ModelMeta.read(folder)
+        if runtime not in ("auto", "torch", "onnx"):
+            raise StanceError(f"unknown runtime '{runtime}'; use auto, torch or onnx")
         if threads:
             import torch
             torch.set_num_threads(threads)
+        if meta.engine == "transformer" and runtime != "torch":
+            from . import onnx_runtime
+            usable = (meta.fast_path.get("enabled") and (folder / meta.fast_path.get("file", "")).is_file()
+                      and onnx_runtime.available() and pick_device(device) == "cpu")
+            if usable or runtime == "onnx":
+                if not onnx_runtime.available():
+                    raise StanceError("the onnx runtime needs onnxruntime", hint="pip install 'stance[onnx]'")
+                return cls(folder, meta, onnx_runtime.OnnxEngine(folder, meta, threads=threads))
         return cls(folder, meta, _ENGINES[meta.engine](folder, meta, device=device))
+
+    @property
+    def runtime(self) -> str:
+        """Which engine scores: 'onnx-int8', 'torch-cpu', 'torch-cuda' or 'tfidf'."""
+        name = type(self.engine).__name__
+        if name == "OnnxEngine":
+            return "onnx-int8"
+        if name == "TfidfEngine":
+            return "tfidf"
+        return f"torch-{self.engine.device}"
 
     from_pretrained = load
 

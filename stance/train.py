@@ -104,6 +104,8 @@ def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
         meta.write(tmp)
         clf = StanceClassifier.load(tmp, device=cfg.training.device)
         metrics = _calibrate_and_evaluate(clf, meta, splits, tmp)
+        if meta.engine == "transformer" and cfg.model.fast_path:
+            metrics["fast_path"] = _build_fast_path(clf, meta, splits, tmp)
         metrics.update({"backbone": cfg.model.backbone, "train_examples": len(texts["train"]),
                         "train_seconds": round(time.time() - t0, 1), "history": history,
                         "stance_version": __version__})
@@ -234,6 +236,29 @@ def _fine_tune(cfg: RunConfig, backbone_dir: Path, labels, texts, ids, tmp: Path
     model.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
     return history
+
+
+def _build_fast_path(clf: StanceClassifier, meta: ModelMeta, splits: Dict[str, LabelledData], folder: Path) -> Dict:
+    """Export the 8-bit ONNX model and keep it only if it matches fp32 closely on dev + test."""
+    from . import onnx_runtime
+    if not onnx_runtime.available():
+        log.info("onnxruntime is not installed: no int8 fast path (pip install 'stance[onnx]')")
+        return {"enabled": False, "reason": "onnxruntime not installed"}
+    t0 = time.time()
+    onnx_runtime.export_int8(folder)
+    names = [n for n in ("dev", "test") if n in splits]
+    texts = [clf.normalizer(t) for n in names for t in splits[n].texts]
+    gold = [l for n in names for l in splits[n].labels]
+    check = onnx_runtime.validate_int8(folder, meta, texts, gold, clf.engine.logits(texts)[0])
+    check["build_seconds"] = round(time.time() - t0, 1)
+    if not check["enabled"]:
+        shutil.rmtree(folder / onnx_runtime.ONNX_DIR, ignore_errors=True)
+    log.info("int8 fast path: %s of labels equal to fp32 on %d posts, macro-F1 %+.4f -> %s",
+             f"{check['label_agreement']:.2%}", check["n"], check["macro_f1_delta"],
+             "enabled" if check["enabled"] else "disabled")
+    meta.fast_path = check
+    meta.write(folder)
+    return check
 
 
 def _calibrate_and_evaluate(clf: StanceClassifier, meta: ModelMeta, splits: Dict[str, LabelledData],

@@ -83,7 +83,7 @@ def train_model(backbone, files, out: Path, **overrides):
     from stance.train import train
     sets = [f"data.train={files['train']}", f"data.dev={files['dev']}", f"data.test={files['test']}",
             f"model.backbone={backbone}", "training.epochs=2", "training.batch_size=8", "model.max_length=32",
-            "training.threads=1", f"output_dir={out}", "training.learning_rate=0.001"]
+            "training.threads=1", f"output_dir={out}", "training.learning_rate=0.001", "model.fast_path=false"]
     sets += [f"{k}={v}" for k, v in overrides.items()]
     return train(load_config(None, sets), progress=False)
 

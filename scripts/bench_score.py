@@ -1,0 +1,118 @@
+"""Scoring speed: `stance score` (the real CLI, file in, file out) against transformers.pipeline.
+
+Both score the same posts (the example export, repeated to --n) with the same model, each in its own
+process so peak memory is measured separately. The pipeline gets the already-normalised text (emoji as
+words) so both see identical model input; its time excludes normalisation and file I/O, which favours it.
+Also checks the fast path against fp32: label agreement on the benchmark posts, macro-F1 on the test split.
+
+    python scripts/bench_score.py --model models/default --n 20000
+Ends with the line `speedup_vs_pipeline: N.NN`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def posts(n: int):
+    with open(ROOT / "data/examples/export.csv", encoding="utf-8", newline="") as fh:
+        texts = [r["text"] for r in csv.DictReader(fh)]
+    return [texts[i % len(texts)] for i in range(n)]
+
+
+# A fresh wrapper per command, so RUSAGE_CHILDREN's peak belongs to that command alone.
+_WRAP = ("import resource, subprocess, sys, time; t = time.time(); r = subprocess.run(sys.argv[1:]).returncode; "
+         "print(time.time() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r)")
+
+
+def run_child(args) -> tuple[float, int]:
+    """Run a command; return (wall seconds, peak RSS of the command in MB)."""
+    proc = subprocess.run([sys.executable, "-c", _WRAP, *args], cwd=ROOT, capture_output=True, text=True)
+    wall, rss_kb, rc = proc.stdout.split()[-3:]
+    if int(rc) or proc.returncode:
+        sys.exit(f"command failed: {' '.join(args)}\n{proc.stderr[-3000:]}")
+    return float(wall), int(rss_kb) // 1024
+
+
+def pipeline_child(model: str, texts_file: str, out_file: str, batch_size: int) -> None:
+    from transformers import pipeline
+    texts = json.load(open(texts_file, encoding="utf-8"))
+    clf = pipeline("text-classification", model=model, batch_size=batch_size, device=-1)
+    t0 = time.time()
+    labels = [r["label"] for r in clf(texts, truncation=True, max_length=128)]
+    json.dump({"labels": labels, "seconds": time.time() - t0}, open(out_file, "w"))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=str(ROOT / "models/default"))
+    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--pipeline-child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.pipeline_child:
+        return pipeline_child(args.model, *args.pipeline_child, args.batch_size)
+
+    from stance import StanceClassifier
+    from stance.data import load_labelled
+    from stance.metrics import compute_metrics
+
+    texts = posts(args.n)
+    fast = StanceClassifier.load(args.model)
+    norm = [fast.normalizer(t) for t in texts]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        src = tmp / "posts.csv"
+        with open(src, "w", encoding="utf-8", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["id", "text"])
+            w.writerows([i, t] for i, t in enumerate(texts))
+        (tmp / "texts.json").write_text(json.dumps(norm))
+        cli = [sys.executable, "-m", "stance.cli", "score", str(src), "--model", args.model, "-q",
+               "--batch-size", str(args.batch_size)]
+        results = {}
+        t_pipe, rss_pipe = run_child([sys.executable, __file__, "--model", args.model, "--batch-size",
+                                      str(args.batch_size), "--pipeline-child", str(tmp / "texts.json"),
+                                      str(tmp / "pipe.json")])
+        pipe = json.load(open(tmp / "pipe.json"))
+        results["pipeline"] = (args.n / t_pipe, rss_pipe, pipe["labels"])
+        for name, extra in (("stance score --runtime torch", ["--runtime", "torch"]), ("stance score", [])):
+            out = tmp / f"out_{len(results)}.csv"
+            wall, rss = run_child(cli + ["-o", str(out), *extra])
+            with open(out, encoding="utf-8", newline="") as fh:
+                labels = [r["stance"] for r in csv.DictReader(fh)]
+            results[name] = (args.n / wall, rss, labels)
+
+    print(f"{args.n:,} posts (example export, repeated), model {args.model}, runtime of `stance score`: {fast.runtime}, "
+          f"{os.cpu_count()} CPU cores")
+    print(f"{'path':<30} {'posts/s':>9} {'peak RSS MB':>12} {'labels = pipeline':>18}")
+    base = results["pipeline"]
+    for name, (rate, rss, labels) in results.items():
+        agree = sum(a == b for a, b in zip(labels, base[2])) / args.n
+        print(f"{name:<30} {rate:>9.1f} {rss:>12} {agree:>17.2%}")
+    fp32 = results["stance score --runtime torch"][2]
+    final = results["stance score"][2]
+    agree = sum(a == b for a, b in zip(final, fp32)) / args.n
+    print(f"default path vs fp32 (--runtime torch): labels identical on {agree:.2%} of posts")
+    test = ROOT / "data/test.jsonl"
+    if test.exists():
+        data = load_labelled(str(test))
+        slow = StanceClassifier.load(args.model, runtime="torch")
+        f_fast = compute_metrics(data.labels, fast.predict(data.texts), fast.labels)["macro_f1"]
+        f_slow = compute_metrics(data.labels, slow.predict(data.texts), slow.labels)["macro_f1"]
+        print(f"test split macro-F1: default path {f_fast:.4f}, fp32 {f_slow:.4f} ({100 * (f_fast - f_slow):+.2f} points)")
+    print(f"speedup_vs_pipeline: {results['stance score'][0] / base[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

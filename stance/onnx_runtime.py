@@ -1,0 +1,119 @@
+"""The fast CPU path: the fine-tuned encoder exported to ONNX with 8-bit weights.
+
+Plain dynamic int8 quantisation (per-tensor activation scales) flipped 2-3% of
+labels: a few hidden dimensions of BERT-style encoders carry outlier values
+that blow up the activation scale. ONNX Runtime's MatMulNBits with 8-bit
+weights and accuracy level 4 quantises activations per block of 128 values
+instead, which keeps >99.5% of fp32 labels while still running the matrix
+products in int8 (VNNI). The fast path is switched on for a model only when,
+on its dev and test posts, it keeps >= 99% of the fp32 labels and macro-F1
+within 0.5 points; the check is recorded in stance.json and the model card.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import StanceError
+
+log = logging.getLogger("stance.onnx")
+ONNX_DIR = "onnx"
+INT8_FILE = "model.int8.onnx"
+MIN_AGREEMENT = 0.99
+MAX_F1_DROP = 0.005
+BLOCK_SIZE = 128
+
+
+def available() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnx_ir  # noqa: F401  (needed by the 8-bit quantiser)
+        import onnxruntime  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def export_int8(folder: Path) -> Path:
+    """Export the model in `folder` to ONNX (fp32), quantise its weights to 8 bits, keep only that file."""
+    import onnx
+    import torch
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True).eval()
+    model.config.return_dict = False
+    target = folder / ONNX_DIR
+    target.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "model.onnx"
+        dummy = (torch.ones(2, 16, dtype=torch.long), torch.ones(2, 16, dtype=torch.long))
+        axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "logits": {0: "batch"}}
+        with torch.inference_mode(), warnings.catch_warnings():
+            # Tracing warnings concern shape-dependent Python branches that are constant for encoders.
+            warnings.simplefilter("ignore")
+            # The TorchScript exporter: no extra dependency, and BERT-style encoders export cleanly.
+            torch.onnx.export(model, dummy, str(fp32), input_names=["input_ids", "attention_mask"],
+                              output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
+        quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+        level, quiet.level = quiet.level, logging.WARNING    # it logs every graph node at INFO
+        try:
+            q = MatMulNBitsQuantizer(onnx.load(str(fp32)), bits=8, block_size=BLOCK_SIZE, is_symmetric=True,
+                                     accuracy_level=4)   # 4: int8 activations per block -> VNNI kernels
+            q.process()
+        finally:
+            quiet.level = level
+        q.model.save_model_to_file(str(Path(tmp) / INT8_FILE), False)
+        shutil.move(str(Path(tmp) / INT8_FILE), target / INT8_FILE)
+    return target / INT8_FILE
+
+
+class OnnxEngine:
+    """Same interface as TransformerEngine, backed by onnxruntime."""
+
+    def __init__(self, folder: Path, meta, threads: Optional[int] = None):
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        path = folder / ONNX_DIR / INT8_FILE
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except Exception as exc:
+            raise StanceError(f"cannot load the int8 ONNX model: {exc}", path=str(path),
+                              hint="pass --runtime torch, or retrain to rebuild it") from None
+        self.max_length = meta.max_length
+        self.num_labels = len(meta.labels)
+        self.device = "cpu"
+
+    def logits(self, texts: Sequence[str], batch_size: int = 64) -> Tuple[np.ndarray, np.ndarray]:
+        from .model import encode, length_sorted_batches
+        ids, truncated = encode(self.tokenizer, texts, self.max_length)
+        out = np.empty((len(ids), self.num_labels), dtype=np.float32)
+        for idx, input_ids, mask in length_sorted_batches(ids, batch_size, self.tokenizer.pad_token_id or 0):
+            out[idx] = self.session.run(["logits"], {"input_ids": input_ids, "attention_mask": mask})[0]
+        return out, truncated
+
+
+def validate_int8(folder: Path, meta, texts: Sequence[str], gold: Sequence[str], fp32_logits: np.ndarray) -> Dict:
+    """Compare the 8-bit model against fp32 on labelled posts; decide whether the fast path is enabled."""
+    from .metrics import compute_metrics
+    q_logits, _ = OnnxEngine(folder, meta).logits(texts)
+    labels = meta.labels
+    fp = [labels[i] for i in fp32_logits.argmax(1)]
+    q = [labels[i] for i in q_logits.argmax(1)]
+    agreement = float(np.mean(np.array(fp) == np.array(q)))
+    delta = compute_metrics(gold, q, labels)["macro_f1"] - compute_metrics(gold, fp, labels)["macro_f1"]
+    return {"file": f"{ONNX_DIR}/{INT8_FILE}", "n": len(texts), "label_agreement": round(agreement, 4),
+            "macro_f1_delta": round(float(delta), 4),
+            "enabled": bool(agreement >= MIN_AGREEMENT and delta >= -MAX_F1_DROP)}

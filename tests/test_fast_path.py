@@ -1,0 +1,44 @@
+"""The 8-bit ONNX fast path: built at training time, checked against fp32, used by default on CPU."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import POSTS, train_model
+from stance import StanceClassifier
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def fast_model(tiny_backbone, labelled_files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fast") / "tiny_fast"
+    train_model(tiny_backbone, labelled_files, out, **{"model.fast_path": "true"})
+    return out
+
+
+def test_fast_path_is_checked_and_recorded(fast_model):
+    meta = json.loads((fast_model / "stance.json").read_text())
+    fp = meta["fast_path"]
+    assert fp["n"] == 2 * len(POSTS) and 0 <= fp["label_agreement"] <= 1
+    assert fp["enabled"] == (fp["label_agreement"] >= 0.99 and fp["macro_f1_delta"] >= -0.005)
+    assert (fast_model / "onnx/model.int8.onnx").exists() == fp["enabled"]
+    assert "Fast CPU path" in (fast_model / "README.md").read_text()
+
+
+def test_runtimes_agree(fast_model):
+    if not json.loads((fast_model / "stance.json").read_text())["fast_path"]["enabled"]:
+        pytest.skip("the tiny random model did not pass the int8 check")
+    texts = [t for t, _ in POSTS]
+    fast = StanceClassifier.load(fast_model)              # auto -> onnx on CPU
+    slow = StanceClassifier.load(fast_model, runtime="torch")
+    assert fast.runtime == "onnx-int8" and slow.runtime == "torch-cpu"
+    np.testing.assert_allclose(fast.predict_proba(texts), slow.predict_proba(texts), atol=0.02)
+
+
+def test_disabled_fast_path_falls_back_to_torch(fast_model, tmp_path):
+    import shutil
+    copy = tmp_path / "m"
+    shutil.copytree(fast_model, copy)
+    shutil.rmtree(copy / "onnx", ignore_errors=True)
+    assert StanceClassifier.load(copy).runtime == "torch-cpu"   # file gone: clean fallback
