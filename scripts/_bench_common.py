@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,3 +52,17 @@ def train_and_predict(train_rows, dev_rows, test_texts, labels, backbone: str, o
         preds = clf.predict(test_texts)
         rate = len(test_texts) / (time.time() - t0)
     return preds, train_s, rate
+
+
+# A fresh wrapper per command, so RUSAGE_CHILDREN's peak belongs to that command alone.
+_WRAP = ("import resource, subprocess, sys, time; t = time.time(); r = subprocess.run(sys.argv[1:]).returncode; "
+         "print(time.time() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r)")
+
+
+def run_child(args) -> tuple[float, int]:
+    """Run a command; return (wall seconds, peak RSS of the command in MB)."""
+    proc = subprocess.run([sys.executable, "-c", _WRAP, *args], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    wall, rss_kb, rc = proc.stdout.split()[-3:]
+    if int(rc) or proc.returncode:
+        sys.exit(f"command failed: {' '.join(args)}\n{proc.stderr[-3000:]}")
+    return float(wall), int(rss_kb) // 1024

@@ -14,7 +14,6 @@ import argparse
 import csv
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,26 +21,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from _bench_common import run_child  # noqa: E402
 
 
 def posts(n: int):
     with open(ROOT / "data/examples/export.csv", encoding="utf-8", newline="") as fh:
         texts = [r["text"] for r in csv.DictReader(fh)]
     return [texts[i % len(texts)] for i in range(n)]
-
-
-# A fresh wrapper per command, so RUSAGE_CHILDREN's peak belongs to that command alone.
-_WRAP = ("import resource, subprocess, sys, time; t = time.time(); r = subprocess.run(sys.argv[1:]).returncode; "
-         "print(time.time() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r)")
-
-
-def run_child(args) -> tuple[float, int]:
-    """Run a command; return (wall seconds, peak RSS of the command in MB)."""
-    proc = subprocess.run([sys.executable, "-c", _WRAP, *args], cwd=ROOT, capture_output=True, text=True)
-    wall, rss_kb, rc = proc.stdout.split()[-3:]
-    if int(rc) or proc.returncode:
-        sys.exit(f"command failed: {' '.join(args)}\n{proc.stderr[-3000:]}")
-    return float(wall), int(rss_kb) // 1024
 
 
 def pipeline_child(model: str, texts_file: str, out_file: str, batch_size: int) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 from .errors import StanceError, suggestion
+from .io import read_mapping
 from .labels import LABELS
 
 
@@ -117,14 +118,7 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> RunConfig
     """Defaults, then the YAML file, then ``key=value`` overrides, checked key by key."""
     cfg = RunConfig()
     if path:
-        try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise StanceError("no such config file", path=path) from None
-        except yaml.YAMLError as exc:
-            raise StanceError(f"not valid YAML: {exc}", path=path) from None
-        if not isinstance(raw, dict):
-            raise StanceError("a config must be a mapping of sections", path=path)
+        raw = read_mapping(path, "a config (sections data, model, training)")
         for top, value in raw.items():
             if isinstance(value, dict) and top in _SECTIONS:
                 for key, sub in value.items():

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from .errors import StanceError, suggestion
-from .io import read_rows
+from .io import read_mapping, read_rows
 from .labels import LABELS, map_label
 
 # Optional columns carried along for per-slice metrics.
@@ -30,16 +30,7 @@ def load_label_map(path: Optional[str]) -> Optional[Dict[str, str]]:
     """A label map from JSON ({"FAVOR": "support"}) or YAML, or None."""
     if not path:
         return None
-    import yaml
-    try:
-        with open(path, encoding="utf-8") as fh:
-            mapping = yaml.safe_load(fh)
-    except FileNotFoundError:
-        raise StanceError("no such file", path=path) from None
-    except yaml.YAMLError as exc:
-        raise StanceError(f"not valid JSON/YAML: {exc}", path=path) from None
-    if not isinstance(mapping, dict):
-        raise StanceError("a label map must be a mapping like {FAVOR: support}", path=path)
+    mapping = read_mapping(path, "a label map (like {FAVOR: support})")
     return {str(k): str(v) for k, v in mapping.items()}
 
 

@@ -38,9 +38,12 @@ def _slice_metrics(gold: np.ndarray, pred: np.ndarray, values: List[object], lab
     out = {}
     for v in sorted(set(values)):
         keep = values == v
-        m = compute_metrics(list(gold[keep]), list(pred[keep]), labels)
+        # Macro-F1 over the labels that occur in this slice's gold: a slice with no `question`
+        # posts should not be scored as if it failed on them.
+        present = [l for l in labels if l in set(gold[keep])]
+        m = compute_metrics(list(gold[keep]), list(pred[keep]), present)
         out[v] = {"n": m["n"], "macro_f1": m["macro_f1"], "f_avg": m["f_avg"], "accuracy": m["accuracy"],
-                  "per_class_f1": {l: m["per_class"][l]["f1"] for l in labels}}
+                  "per_class_f1": {l: (m["per_class"][l]["f1"] if l in present else None) for l in labels}}
     return out
 
 

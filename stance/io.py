@@ -205,6 +205,23 @@ class TableReader:
         raise StanceError(reason, path=self.path, line=line, hint="fix the row, or pass --on-bad-lines skip")
 
 
+def read_mapping(path: str, what: str) -> dict:
+    """A YAML (or JSON) file that must hold a mapping; errors name the file."""
+    import yaml
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise StanceError("no such file", path=path) from None
+    except yaml.YAMLError as exc:
+        raise StanceError(f"not valid YAML/JSON: {exc}", path=path) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise StanceError(f"{what} must be a mapping", path=path)
+    return data
+
+
 def read_rows(path: str, **kwargs) -> Tuple[List[str], List[Row]]:
     """Whole table in memory: (columns, rows). For labelled files, not for exports."""
     reader = TableReader(path, **kwargs).open()

@@ -168,7 +168,9 @@ def write_evaluation_report(report: Dict, folder: Path) -> None:
                         *[_pct(s["per_class_f1"][l]) for l in labels]] for v, s in slices.items()])
         cov = m["calibration"]["coverage"]
         doc.heading(f"{name}: calibration and confidence threshold")
-        if cov["threshold"] is not None:
+        if cov["threshold"] is not None and cov["coverage_at_threshold"] == 1.0:
+            doc.para("Accuracy is at least 0.90 on all posts: no --min-confidence threshold is needed for this data.")
+        elif cov["threshold"] is not None:
             doc.para(f"Keeping only posts with confidence >= {cov['threshold']:.3f} gives accuracy >= 0.90 on "
                      f"{_pct(cov['coverage_at_threshold'])}% of posts: a sensible --min-confidence for this data.")
         else:

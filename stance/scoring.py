@@ -27,6 +27,7 @@ from .backbones import folder_digest
 from .errors import StanceError
 from .io import TableReader, TableWriter, detect_format, excel_safe
 from .metrics import softmax
+from .progress import Progress
 
 log = logging.getLogger("stance.score")
 CHECKPOINT_VERSION = 1
@@ -142,46 +143,6 @@ def _count_rows(path: str, fmt: str) -> Optional[int]:
     return max(n - (1 if fmt in ("csv", "tsv") else 0), 0)
 
 
-class _Progress:
-    def __init__(self, total: Optional[int], enabled: Optional[bool], start: int = 0):
-        self.total, self.done, self.t0, self.last = total, start, time.time(), 0.0
-        self.start = start
-        tty = sys.stderr.isatty() if enabled is None else enabled
-        self.bar = None
-        if tty:
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, initial=start, unit="rows", desc="scoring", file=sys.stderr,
-                            dynamic_ncols=True)
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-            return
-        now = time.time()
-        if now - self.last >= 10 or (self.total and self.done >= self.total):
-            self.last = now
-            rate = (self.done - self.start) / max(now - self.t0, 1e-9)
-            if self.total:
-                eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-                log.info("scored %s/%s rows (%.1f%%), %.0f rows/s, ETA %s", f"{self.done:,}",
-                         f"{self.total:,}", 100 * self.done / max(self.total, 1), rate, _fmt_eta(eta))
-            else:
-                log.info("scored %s rows, %.0f rows/s", f"{self.done:,}", rate)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _fmt_eta(seconds: float) -> str:
-    if seconds == float("inf"):
-        return "?"
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
 class _Output:
     """The partial output and its checkpoint, for CSV/TSV/JSONL (byte offsets) or Parquet (parts)."""
 
@@ -271,7 +232,7 @@ def score_files(inputs: Sequence[str], output: str, clf, options: ScoreOptions =
         out.write_checkpoint(state)      # resumable even if stopped inside the first chunk
 
     total = sum(filter(None, (_count_rows(p, r.format) for p, r in zip(inputs, readers)))) if "-" not in inputs else None
-    progress = _Progress(total, options.progress, start=state["rows_done"])
+    progress = Progress(total, options.progress, start=state["rows_done"], unit="rows", desc="scoring")
     t0 = time.time()
     try:
         _run(readers, out, clf, options, columns, state, summary, progress)

@@ -25,7 +25,7 @@ from .config import RunConfig
 from .data import LabelledData, load_labelled
 from .errors import StanceError
 from .metrics import compute_metrics, coverage_curve, fit_temperature, softmax
-from .model import ModelMeta, StanceClassifier, TfidfEngine, TransformerEngine, pick_device
+from .model import ModelMeta, StanceClassifier, TransformerEngine, pick_device
 from .textnorm import Normalizer
 
 log = logging.getLogger("stance.train")

@@ -4,7 +4,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from conftest import POSTS, write_jsonl
 from stance.check import check_files, near_duplicate_pairs
