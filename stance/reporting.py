@@ -297,9 +297,10 @@ def write_scored_report(path: str, folder: Path, date_column: Optional[str] = No
         doc.heading(f"Over time ({ot['frequency']}, by {ot['date_column']})")
         periods = list(ot["periods"])
         fig, ax = plt.subplots(figsize=(8, 3.6))
-        for s in names:
-            totals = [sum(ot["periods"][p].values()) for p in periods]
-            ax.plot(periods, [ot["periods"][p].get(s, 0) / max(t, 1) for p, t in zip(periods, totals)], marker="o", ms=3, label=s)
+        totals = [sum(ot["periods"][p].values()) for p in periods]
+        for s in names:   # numeric x: period labels such as "2025-09-01" are not to be parsed again
+            ax.plot(range(len(periods)), [ot["periods"][p].get(s, 0) / max(t, 1) for p, t in zip(periods, totals)],
+                    marker="o", ms=3, label=s)
         ax.set_ylabel("share of posts")
         ax.legend(fontsize=8)
         step = max(1, math.ceil(len(periods) / 12))
@@ -318,8 +319,9 @@ def write_scored_report(path: str, folder: Path, date_column: Optional[str] = No
         bottom = np.zeros(len(keys))
         for s in names:
             share = np.array([vals[k].get(s, 0) / max(sum(vals[k].values()), 1) for k in keys])
-            ax.bar(keys, share, bottom=bottom, label=s)
+            ax.bar(range(len(keys)), share, bottom=bottom, label=s)
             bottom += share
+        ax.set_xticks(range(len(keys)), keys)
         ax.set_ylabel("share")
         ax.legend(fontsize=7, ncol=len(names))
         doc.image(_save(fig, folder / f"by_{g}.png"), f"stance by {g}")

@@ -103,7 +103,7 @@ class ScoreSummary:
     output: str = ""
 
     def to_text(self) -> str:
-        lines = [f"scored {self.scored:,} of {self.rows:,} rows -> {self.output}"
+        lines = [f"labelled {self.scored:,} of {self.rows:,} rows -> {self.output}"
                  + (f" (resumed after {self.resumed_from:,} rows)" if self.resumed_from else "")]
         for label, count in self.stances.most_common():
             lines.append(f"  {label:<10} {count:>10,}  {count / max(self.scored, 1):6.1%}")
@@ -118,7 +118,7 @@ class ScoreSummary:
             lines.append(f"  malformed lines skipped: {len(self.skipped_lines):,}")
             for path, line, reason in self.skipped_lines[:5]:
                 lines.append(f"    {path}:{line}: {reason}")
-        rate = (self.scored - self.resumed_from) / self.seconds if self.seconds > 0 else 0.0
+        rate = (self.rows - self.resumed_from) / self.seconds if self.seconds > 0 else 0.0
         lines.append(f"  {rate:,.0f} rows/s over {self.seconds:,.1f} s")
         return "\n".join(lines)
 
@@ -251,7 +251,7 @@ def score_files(inputs: Sequence[str], output: str, clf, options: ScoreOptions =
     for r in readers:
         summary.skipped_lines.extend((r.path, line, reason) for line, reason in r.skipped)
     summary.rows = state["rows_done"]
-    summary.scored = state["rows_done"]
+    summary.scored = sum(summary.stances.values())
     summary.seconds = time.time() - t0
     return summary
 

@@ -52,7 +52,7 @@ def test_round_trip_keeps_columns_and_rows(tmp_path, clf):
     assert list(df["stance_note"][-2:]) == ["empty_text", "empty_text"] and list(df["stance"][-2:]) == ["", ""]
     probs = df.loc[:49, ["p_support", "p_oppose", "p_question", "p_neutral"]].astype(float).sum(axis=1)
     assert ((probs - 1).abs() < 1e-3).all()
-    assert summary.scored == 52 and summary.notes["empty_text"] == 2
+    assert summary.rows == 52 and summary.scored == 50 and summary.notes["empty_text"] == 2
     assert not list(tmp_path.glob("out.csv.*"))          # no partial or checkpoint left
 
 
