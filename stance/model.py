@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 from dataclasses import dataclass, field
@@ -66,10 +67,13 @@ class ModelMeta:
 
 
 def pick_device(requested: str = "auto") -> str:
+    """'cuda' when asked or when a GPU is usable, else 'cpu'."""
+    if requested != "auto":
+        return requested
+    if not glob.glob("/dev/nvidia[0-9]*"):
+        return "cpu"        # no NVIDIA device: skip importing torch just to ask (CPU scoring never needs it)
     import torch
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class TransformerEngine:
@@ -117,7 +121,10 @@ class TransformerEngine:
 
 def encode(tokenizer, texts: Sequence[str], max_length: int) -> Tuple[List[List[int]], np.ndarray]:
     """Token ids cut to max_length (keeping the final special token), and which texts were cut."""
-    enc = tokenizer(list(texts), truncation=False, add_special_tokens=True, verbose=False)["input_ids"]
+    if hasattr(tokenizer, "encode_batch"):      # a bare `tokenizers.Tokenizer`
+        enc = [e.ids for e in tokenizer.encode_batch(list(texts), add_special_tokens=True)]
+    else:                                       # a transformers tokenizer
+        enc = tokenizer(list(texts), truncation=False, add_special_tokens=True, verbose=False)["input_ids"]
     truncated = np.array([len(seq) > max_length for seq in enc], dtype=bool)
     return [seq if len(seq) <= max_length else seq[: max_length - 1] + seq[-1:] for seq in enc], truncated
 
@@ -172,9 +179,6 @@ class StanceClassifier:
         meta = ModelMeta.read(folder)
         if runtime not in ("auto", "torch", "onnx"):
             raise StanceError(f"unknown runtime '{runtime}'; use auto, torch or onnx")
-        if threads:
-            import torch
-            torch.set_num_threads(threads)
         if meta.engine == "transformer" and runtime != "torch":
             from . import onnx_runtime
             usable = (meta.fast_path.get("enabled") and (folder / meta.fast_path.get("file", "")).is_file()
@@ -183,6 +187,9 @@ class StanceClassifier:
                 if not onnx_runtime.available():
                     raise StanceError("the onnx runtime needs onnxruntime", hint="pip install 'stance[onnx]'")
                 return cls(folder, meta, onnx_runtime.OnnxEngine(folder, meta, threads=threads))
+        if threads and meta.engine == "transformer":
+            import torch
+            torch.set_num_threads(threads)
         return cls(folder, meta, _ENGINES[meta.engine](folder, meta, device=device))
 
     @property
