@@ -42,3 +42,27 @@ def test_disabled_fast_path_falls_back_to_torch(fast_model, tmp_path):
     shutil.copytree(fast_model, copy)
     shutil.rmtree(copy / "onnx", ignore_errors=True)
     assert StanceClassifier.load(copy).runtime == "torch-cpu"   # file gone: clean fallback
+
+
+def test_embedding_table_int8_per_row_matches_fp32(tmp_path):
+    """The graph rewrite behind the 8-bit fast path's small files: Gather(W) -> Gather(W_int8) * scale."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from stance.onnx_runtime import _quantize_embedding_tables
+    rng = np.random.default_rng(0)
+    table = (rng.normal(size=(5000, 16)) * rng.uniform(0.01, 3, size=(5000, 1))).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["emb"], axis=0)], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, [None, None])],
+                              [helper.make_tensor_value_info("emb", TensorProto.FLOAT, [None, None, 16])],
+                              [numpy_helper.from_array(table, "table")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    _quantize_embedding_tables(model)
+    assert {t.name for t in model.graph.initializer} == {"table_int8", "table_scale"}
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    ids = rng.integers(0, 5000, size=(3, 7))
+    out = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    ref = table[ids]
+    # Per-row symmetric int8: error at most half a step, i.e. max|row| / 254.
+    assert np.all(np.abs(out - ref) <= np.abs(table[ids]).max(axis=-1, keepdims=True) / 254 + 1e-6)
