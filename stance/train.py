@@ -105,7 +105,14 @@ def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
         clf = StanceClassifier.load(tmp, device=cfg.training.device)
         metrics = _calibrate_and_evaluate(clf, meta, splits, tmp)
         if meta.engine == "transformer" and cfg.model.fast_path:
-            metrics["fast_path"] = _build_fast_path(clf, meta, splits, tmp)
+            try:
+                metrics["fast_path"] = _build_fast_path(clf, meta, splits, tmp)
+            except Exception as exc:   # an optional speed-up must never cost the trained model
+                log.warning("could not build the int8 fast path (%s); scoring will use PyTorch", exc)
+                shutil.rmtree(tmp / "onnx", ignore_errors=True)
+                meta.fast_path = {"enabled": False, "reason": f"build failed: {exc}"}
+                meta.write(tmp)
+                metrics["fast_path"] = meta.fast_path
         metrics.update({"backbone": cfg.model.backbone, "train_examples": len(texts["train"]),
                         "train_seconds": round(time.time() - t0, 1), "history": history,
                         "stance_version": __version__})

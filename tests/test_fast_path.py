@@ -66,3 +66,17 @@ def test_embedding_table_int8_per_row_matches_fp32(tmp_path):
     ref = table[ids]
     # Per-row symmetric int8: error at most half a step, i.e. max|row| / 254.
     assert np.all(np.abs(out - ref) <= np.abs(table[ids]).max(axis=-1, keepdims=True) / 254 + 1e-6)
+
+
+def test_failed_fast_path_keeps_the_trained_model(tiny_backbone, labelled_files, tmp_path, monkeypatch):
+    from stance import onnx_runtime
+
+    def broken(folder):
+        raise RuntimeError("exporter exploded")
+    monkeypatch.setattr(onnx_runtime, "export_int8", broken)
+    out = tmp_path / "m"
+    train_model(tiny_backbone, labelled_files, out, **{"model.fast_path": "true"})
+    meta = json.loads((out / "stance.json").read_text())
+    assert meta["fast_path"] == {"enabled": False, "reason": "build failed: exporter exploded"}
+    assert not (out / "onnx").exists()
+    assert StanceClassifier.load(out).runtime == "torch-cpu"
