@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -103,10 +103,10 @@ def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
             history = _fine_tune(cfg, backbone_dir, labels, texts, ids, tmp, progress)
         meta.write(tmp)
         clf = StanceClassifier.load(tmp, device=cfg.training.device)
-        metrics = _calibrate_and_evaluate(clf, meta, splits, tmp)
+        metrics, fp32_logits = _calibrate_and_evaluate(clf, meta, splits, tmp)
         if meta.engine == "transformer" and cfg.model.fast_path:
             try:
-                metrics["fast_path"] = _build_fast_path(clf, meta, splits, tmp)
+                metrics["fast_path"] = _build_fast_path(clf, meta, splits, fp32_logits, tmp)
             except Exception as exc:   # an optional speed-up must never cost the trained model
                 log.warning("could not build the int8 fast path (%s); scoring will use PyTorch", exc)
                 shutil.rmtree(tmp / "onnx", ignore_errors=True)
@@ -245,7 +245,8 @@ def _fine_tune(cfg: RunConfig, backbone_dir: Path, labels, texts, ids, tmp: Path
     return history
 
 
-def _build_fast_path(clf: StanceClassifier, meta: ModelMeta, splits: Dict[str, LabelledData], folder: Path) -> Dict:
+def _build_fast_path(clf: StanceClassifier, meta: ModelMeta, splits: Dict[str, LabelledData],
+                     fp32_logits: Dict[str, np.ndarray], folder: Path) -> Dict:
     """Export the 8-bit ONNX model and keep it only if it matches fp32 closely on dev + test."""
     from . import onnx_runtime
     if not onnx_runtime.available():
@@ -256,7 +257,8 @@ def _build_fast_path(clf: StanceClassifier, meta: ModelMeta, splits: Dict[str, L
     names = [n for n in ("dev", "test") if n in splits]
     texts = [clf.normalizer(t) for n in names for t in splits[n].texts]
     gold = [l for n in names for l in splits[n].labels]
-    check = onnx_runtime.validate_int8(folder, meta, texts, gold, clf.engine.logits(texts)[0])
+    fp32 = np.concatenate([fp32_logits[n] for n in names])    # computed once, by the evaluation
+    check = onnx_runtime.validate_int8(folder, meta, texts, gold, fp32)
     check["build_seconds"] = round(time.time() - t0, 1)
     if not check["enabled"]:
         shutil.rmtree(folder / onnx_runtime.ONNX_DIR, ignore_errors=True)
@@ -269,8 +271,8 @@ def _build_fast_path(clf: StanceClassifier, meta: ModelMeta, splits: Dict[str, L
 
 
 def _calibrate_and_evaluate(clf: StanceClassifier, meta: ModelMeta, splits: Dict[str, LabelledData],
-                            folder: Path) -> Dict:
-    """Fit the temperature and confidence threshold on dev; report dev and test metrics."""
+                            folder: Path) -> Tuple[Dict, Dict[str, np.ndarray]]:
+    """Fit the temperature and confidence threshold on dev; report dev and test metrics (and their logits)."""
     labels = meta.labels
     metrics: Dict = {}
     logits = {}
@@ -300,4 +302,4 @@ def _calibrate_and_evaluate(clf: StanceClassifier, meta: ModelMeta, splits: Dict
                     list(np.array(data.labels)[keep]), list(np.array(pred)[keep]), labels).items()
                     if k in ("n", "macro_f1", "f_avg", "accuracy")}
         metrics[name] = m
-    return metrics
+    return metrics, logits
