@@ -38,16 +38,17 @@ def score_records(clf, records: List[Dict], text_column: str, min_confidence: Op
     """Score one batch of row dicts; returns new dicts (input keys first) and counts of notes."""
     threshold = clf.meta.min_confidence if min_confidence is None else min_confidence
     notes: Counter = Counter()
-    todo, texts = [], []
+    todo, texts, no_text = [], [], {}      # no_text: row -> why it gets no label
     for i, rec in enumerate(records):
         value = rec.get(text_column)
         if value is None or (isinstance(value, float) and value != value):
-            notes["missing_text"] += 1
+            no_text[i] = "missing_text"
         elif not str(value).strip():
-            notes["empty_text"] += 1
+            no_text[i] = "empty_text"
         else:
             todo.append(i)
             texts.append(str(value))
+    notes.update(no_text.values())
     probs = np.zeros((len(texts), len(clf.labels)), dtype=np.float32)
     if texts:
         logits, truncated = clf.logits(texts, batch_size=batch_size)
@@ -59,10 +60,8 @@ def score_records(clf, records: List[Dict], text_column: str, min_confidence: Op
         new = dict(rec)
         p = row_probs.get(i)
         if p is None:
-            value = rec.get(text_column)
-            note = "missing_text" if value is None or (isinstance(value, float) and value != value) else "empty_text"
             new.update({"stance": "", "confidence": None, **{f"p_{l}": None for l in clf.labels},
-                        "stance_note": note})
+                        "stance_note": no_text[i]})
         else:
             top = int(p.argmax())
             conf = float(p[top])
