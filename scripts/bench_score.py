@@ -98,11 +98,12 @@ def main():
         f_slow = compute_metrics(data.labels, slow.predict(data.texts), slow.labels)["macro_f1"]
         print(f"test split macro-F1: default path {f_fast:.4f}, fp32 {f_slow:.4f} ({100 * (f_fast - f_slow):+.2f} points)")
     speedup = results["stance score"][0] / base[0]
-    # The targets of issue #6; 500 posts/s is set for the minilm backbone on 2 cores.
+    # The targets of issue #6; the 500 posts/s bar is set for the minilm backbone only.
     checks = [("stance score >= 3x pipeline", speedup >= 3, f"{speedup:.2f}x"),
-              ("labels = fp32 on >= 99% of posts", agree >= 0.99, f"{agree:.2%}"),
-              ("stance score >= 500 posts/s (minilm, 2 cores)", results["stance score"][0] >= 500,
-               f"{results['stance score'][0]:.0f} posts/s")]
+              ("labels = fp32 on >= 99% of posts", agree >= 0.99, f"{agree:.2%}")]
+    if fast.meta.backbone == "minilm":
+        checks.append(("stance score >= 500 posts/s (minilm, 2 cores)", results["stance score"][0] >= 500,
+                       f"{results['stance score'][0]:.0f} posts/s"))
     if test.exists():
         checks.append(("test macro-F1 within 0.5 points of fp32", f_fast - f_slow >= -0.005,
                        f"{100 * (f_fast - f_slow):+.2f} points"))
