@@ -72,7 +72,10 @@ def main():
                                       str(tmp / "pipe.json")])
         pipe = json.load(open(tmp / "pipe.json"))
         results["pipeline"] = (args.n / t_pipe, rss_pipe, pipe["labels"])
-        for name, extra in (("stance score --runtime torch", ["--runtime", "torch"]), ("stance score", [])):
+        paths = [("stance score --runtime torch", ["--runtime", "torch"])]
+        if fast.runtime != "onnx-int8" and fast.meta.fast_path.get("enabled"):
+            paths.append(("stance score --runtime onnx", ["--runtime", "onnx"]))   # the 8-bit path, for comparison
+        for name, extra in (*paths, ("stance score", [])):
             out = tmp / f"out_{len(results)}.csv"
             wall, rss = run_child(cli + ["-o", str(out), *extra])
             with open(out, encoding="utf-8", newline="") as fh:

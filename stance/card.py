@@ -51,6 +51,17 @@ def write_model_card(folder: Path, cfg, metrics: Dict) -> None:
                      "by default (`--runtime torch` turns it off)." if fast["enabled"] else
                      "It failed the check (>= 99% agreement, <= 0.5 points lower) and was removed; scoring uses PyTorch."),
                   ""]
+    bf16 = metrics.get("bf16")
+    if bf16:
+        lines += ["## bfloat16 CPU scoring", ""]
+        if "label_agreement" in bf16:
+            lines += [f"With its weights cast to bfloat16 (on CPUs with native bf16: AVX-512 BF16 or AMX), this model "
+                      f"gives the same label as fp32 on {_pct(bf16['label_agreement'])}% of the {bf16['n']} dev and "
+                      f"test posts, macro-F1 {100 * bf16['macro_f1_delta']:+.2f} points. "
+                      + ("It passed the same check as the 8-bit path, and `stance score` prefers it on such CPUs."
+                         if bf16["enabled"] else "It failed that check, so it is not used by default."), ""]
+        else:
+            lines += [f"Not checked: {bf16.get('reason', 'unknown')}. Scoring uses the other paths.", ""]
     for split in ("dev", "test"):
         m = metrics.get(split)
         if not m:

@@ -61,7 +61,7 @@ def score(
     on_bad_lines: str = typer.Option("error", "--on-bad-lines", help="error (stop) or skip (count and report) malformed rows."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the model (default: all cores)."),
     runtime: str = typer.Option("auto", "--runtime",
-                                help="auto (int8 ONNX on CPU when the model has a checked one, else PyTorch), torch or onnx."),
+                                help="auto (on CPU: bf16 where the CPU has it natively and the model passed its bf16 check, else a checked int8 ONNX model, else fp32 PyTorch), torch (fp32), onnx or bf16."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, only the summary."),
 ):
     """Score posts from exports; adds stance, confidence, p_<label> and stance_note columns."""
@@ -87,7 +87,7 @@ def evaluate(
     text_column: str = typer.Option("text", "--text-column"),
     label_column: str = typer.Option("label", "--label-column"),
     label_map: Optional[str] = typer.Option(None, "--label-map", help="JSON/YAML map of gold labels, e.g. {FAVOR: support}."),
-    runtime: str = typer.Option("auto", "--runtime", help="auto, torch or onnx (as for `stance score`)."),
+    runtime: str = typer.Option("auto", "--runtime", help="auto, torch, onnx or bf16 (as for `stance score`)."),
 ):
     """Evaluate one or more models on labelled posts; writes a readable and a machine-readable report."""
     _setup_logging()

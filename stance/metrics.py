@@ -43,6 +43,22 @@ def compute_metrics(gold: Sequence[str], pred: Sequence[str], labels: Sequence[s
     return out
 
 
+# A faster numeric path (int8, bf16) replaces fp32 only if it keeps this close on labelled posts.
+MIN_AGREEMENT = 0.99
+MAX_F1_DROP = 0.005
+
+
+def compare_with_fp32(fast_logits: np.ndarray, fp32_logits: np.ndarray, gold: Sequence[str],
+                      labels: Sequence[str]) -> Dict:
+    """Label agreement and macro-F1 change of a faster path against fp32, and whether it passes."""
+    fast = [labels[i] for i in fast_logits.argmax(1)]
+    ref = [labels[i] for i in fp32_logits.argmax(1)]
+    agreement = float(np.mean(np.array(fast) == np.array(ref)))
+    delta = compute_metrics(gold, fast, labels)["macro_f1"] - compute_metrics(gold, ref, labels)["macro_f1"]
+    return {"n": len(gold), "label_agreement": round(agreement, 4), "macro_f1_delta": round(float(delta), 4),
+            "enabled": bool(agreement >= MIN_AGREEMENT and delta >= -MAX_F1_DROP)}
+
+
 def expected_calibration_error(probs: np.ndarray, gold_ids: np.ndarray, bins: int = 15) -> float:
     conf = probs.max(axis=1)
     correct = probs.argmax(axis=1) == gold_ids

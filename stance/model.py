@@ -40,6 +40,7 @@ class ModelMeta:
     temperature: float = 1.0
     min_confidence: float = 0.0
     fast_path: Dict = field(default_factory=dict)   # int8 ONNX check results (see onnx_runtime.py)
+    bf16: Dict = field(default_factory=dict)        # bfloat16 check results (CPUs with native bf16)
     format_version: int = FORMAT_VERSION
 
     @classmethod
@@ -76,10 +77,23 @@ def pick_device(requested: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class TransformerEngine:
-    """Fine-tuned Hugging Face encoder; length-sorted batches with dynamic padding."""
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX); emulated bf16 is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
-    def __init__(self, folder: Path, meta: ModelMeta, device: str = "auto"):
+
+class TransformerEngine:
+    """Fine-tuned Hugging Face encoder; length-sorted batches with dynamic padding.
+
+    ``bf16`` casts the weights to bfloat16: each value is rounded on its own, so unlike int8 with
+    per-batch activation scales, a post's label never depends on the posts batched with it.
+    """
+
+    def __init__(self, folder: Path, meta: ModelMeta, device: str = "auto", bf16: bool = False):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -90,7 +104,7 @@ class TransformerEngine:
                 str(folder), local_files_only=True, use_safetensors=True)
         except Exception as exc:  # transformers raises many types for a damaged folder
             raise StanceError(f"cannot load the model weights or tokenizer: {exc}", path=str(folder)) from None
-        self._setup(model, tokenizer, meta.max_length, device)
+        self._setup(model, tokenizer, meta.max_length, device, bf16)
 
     @classmethod
     def from_objects(cls, model, tokenizer, max_length: int, device: str = "auto") -> "TransformerEngine":
@@ -99,12 +113,13 @@ class TransformerEngine:
         engine._setup(model, tokenizer, max_length, device)
         return engine
 
-    def _setup(self, model, tokenizer, max_length: int, device: str) -> None:
+    def _setup(self, model, tokenizer, max_length: int, device: str, bf16: bool = False) -> None:
         import torch
         self.torch = torch
         self.device = pick_device(device)
+        self.bf16 = bf16
         self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
-        self.model.to(self.device).eval()
+        self.model.to(self.device, dtype=torch.bfloat16 if bf16 else None).eval()
 
     def logits(self, texts: Sequence[str], batch_size: int = 64) -> Tuple[np.ndarray, np.ndarray]:
         """Logits in input order and, per text, whether it was cut to max_length."""
@@ -158,6 +173,12 @@ class TfidfEngine:
 _ENGINES = {"transformer": TransformerEngine, "tfidf": TfidfEngine}
 
 
+def _torch_threads(threads: Optional[int]) -> None:
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+
+
 class StanceClassifier:
     """A trained stance model: `predict`, `predict_proba`, `score_frame`."""
 
@@ -172,13 +193,19 @@ class StanceClassifier:
              threads: Optional[int] = None, runtime: str = "auto") -> "StanceClassifier":
         """Load a model folder.
 
-        ``runtime``: ``auto`` uses the int8 ONNX path on CPU when the folder has one that passed its
-        accuracy check and onnxruntime is installed, else PyTorch; ``torch`` and ``onnx`` force one.
+        ``runtime``: ``auto`` uses, on CPU, bfloat16 PyTorch where the CPU has native bf16 and the model
+        passed its bf16 check, else the int8 ONNX path where the folder has one that passed its check and
+        onnxruntime is installed, else fp32 PyTorch; ``torch`` (fp32), ``onnx`` and ``bf16`` force one.
         """
         folder = Path(path)
         meta = ModelMeta.read(folder)
-        if runtime not in ("auto", "torch", "onnx"):
-            raise StanceError(f"unknown runtime '{runtime}'; use auto, torch or onnx")
+        if runtime not in ("auto", "torch", "onnx", "bf16"):
+            raise StanceError(f"unknown runtime '{runtime}'; use auto, torch, onnx or bf16")
+        if meta.engine == "transformer" and runtime in ("auto", "bf16"):
+            on_cpu = pick_device(device) == "cpu"
+            if runtime == "bf16" or (on_cpu and meta.bf16.get("enabled") and cpu_has_bf16()):
+                _torch_threads(threads)
+                return cls(folder, meta, TransformerEngine(folder, meta, device=device, bf16=True))
         if meta.engine == "transformer" and runtime != "torch":
             from . import onnx_runtime
             usable = (meta.fast_path.get("enabled") and (folder / meta.fast_path.get("file", "")).is_file()
@@ -187,20 +214,19 @@ class StanceClassifier:
                 if not onnx_runtime.available():
                     raise StanceError("the onnx runtime needs onnxruntime", hint="pip install 'stance[onnx]'")
                 return cls(folder, meta, onnx_runtime.OnnxEngine(folder, meta, threads=threads))
-        if threads and meta.engine == "transformer":
-            import torch
-            torch.set_num_threads(threads)
+        if meta.engine == "transformer":
+            _torch_threads(threads)
         return cls(folder, meta, _ENGINES[meta.engine](folder, meta, device=device))
 
     @property
     def runtime(self) -> str:
-        """Which engine scores: 'onnx-int8', 'torch-cpu', 'torch-cuda' or 'tfidf'."""
+        """Which engine scores: 'onnx-int8', 'torch-cpu', 'torch-cpu-bf16', 'torch-cuda' or 'tfidf'."""
         name = type(self.engine).__name__
         if name == "OnnxEngine":
             return "onnx-int8"
         if name == "TfidfEngine":
             return "tfidf"
-        return f"torch-{self.engine.device}"
+        return f"torch-{self.engine.device}" + ("-bf16" if self.engine.bf16 else "")
 
     from_pretrained = load
 

@@ -26,8 +26,6 @@ from .errors import StanceError
 log = logging.getLogger("stance.onnx")
 ONNX_DIR = "onnx"
 INT8_FILE = "model.int8.onnx"
-MIN_AGREEMENT = 0.99
-MAX_F1_DROP = 0.005
 BLOCK_SIZE = 128
 
 
@@ -147,13 +145,6 @@ class OnnxEngine:
 
 def validate_int8(folder: Path, meta, texts: Sequence[str], gold: Sequence[str], fp32_logits: np.ndarray) -> Dict:
     """Compare the 8-bit model against fp32 on labelled posts; decide whether the fast path is enabled."""
-    from .metrics import compute_metrics
+    from .metrics import compare_with_fp32
     q_logits, _ = OnnxEngine(folder, meta).logits(texts)
-    labels = meta.labels
-    fp = [labels[i] for i in fp32_logits.argmax(1)]
-    q = [labels[i] for i in q_logits.argmax(1)]
-    agreement = float(np.mean(np.array(fp) == np.array(q)))
-    delta = compute_metrics(gold, q, labels)["macro_f1"] - compute_metrics(gold, fp, labels)["macro_f1"]
-    return {"file": f"{ONNX_DIR}/{INT8_FILE}", "n": len(texts), "label_agreement": round(agreement, 4),
-            "macro_f1_delta": round(float(delta), 4),
-            "enabled": bool(agreement >= MIN_AGREEMENT and delta >= -MAX_F1_DROP)}
+    return {"file": f"{ONNX_DIR}/{INT8_FILE}", **compare_with_fp32(q_logits, fp32_logits, gold, meta.labels)}

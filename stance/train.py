@@ -25,7 +25,7 @@ from .config import RunConfig
 from .data import LabelledData, load_labelled
 from .errors import StanceError
 from .metrics import compute_metrics, coverage_curve, fit_temperature, softmax
-from .model import ModelMeta, StanceClassifier, TransformerEngine, pick_device
+from .model import ModelMeta, StanceClassifier, TransformerEngine, cpu_has_bf16, pick_device
 from .textnorm import Normalizer
 
 log = logging.getLogger("stance.train")
@@ -113,6 +113,12 @@ def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
                 meta.fast_path = {"enabled": False, "reason": f"build failed: {exc}"}
                 meta.write(tmp)
                 metrics["fast_path"] = meta.fast_path
+            try:
+                metrics["bf16"] = _check_bf16(clf, meta, splits, fp32_logits, tmp)
+            except Exception as exc:   # same rule: the check is optional, the model is not
+                log.warning("could not check bfloat16 scoring (%s); it stays off", exc)
+                meta.bf16 = metrics["bf16"] = {"enabled": False, "reason": f"check failed: {exc}"}
+                meta.write(tmp)
         metrics.update({"backbone": cfg.model.backbone, "train_examples": len(texts["train"]),
                         "train_seconds": round(time.time() - t0, 1), "history": history,
                         "stance_version": __version__})
@@ -254,11 +260,7 @@ def _build_fast_path(clf: StanceClassifier, meta: ModelMeta, splits: Dict[str, L
         return {"enabled": False, "reason": "onnxruntime not installed"}
     t0 = time.time()
     onnx_runtime.export_int8(folder)
-    names = [n for n in ("dev", "test") if n in splits]
-    texts = [clf.normalizer(t) for n in names for t in splits[n].texts]
-    gold = [l for n in names for l in splits[n].labels]
-    fp32 = np.concatenate([fp32_logits[n] for n in names])    # computed once, by the evaluation
-    check = onnx_runtime.validate_int8(folder, meta, texts, gold, fp32)
+    check = onnx_runtime.validate_int8(folder, meta, *_check_set(clf, splits, fp32_logits))
     check["build_seconds"] = round(time.time() - t0, 1)
     if not check["enabled"]:
         shutil.rmtree(folder / onnx_runtime.ONNX_DIR, ignore_errors=True)
@@ -268,6 +270,32 @@ def _build_fast_path(clf: StanceClassifier, meta: ModelMeta, splits: Dict[str, L
     meta.fast_path = check
     meta.write(folder)
     return check
+
+
+def _check_bf16(clf: StanceClassifier, meta: ModelMeta, splits: Dict[str, LabelledData],
+                fp32_logits: Dict[str, np.ndarray], folder: Path) -> Dict:
+    """Score dev + test with bfloat16 weights on this CPU; enable bf16 scoring only if it matches fp32."""
+    from .metrics import compare_with_fp32
+    if not cpu_has_bf16():
+        check = {"enabled": False, "reason": "this CPU has no native bfloat16 (AVX-512 BF16 or AMX)"}
+    else:
+        texts, gold, fp32 = _check_set(clf, splits, fp32_logits)
+        bf16_logits, _ = TransformerEngine(folder, meta, device="cpu", bf16=True).logits(texts)
+        check = compare_with_fp32(bf16_logits, fp32, gold, meta.labels)
+        log.info("bfloat16: %s of labels equal to fp32 on %d posts, macro-F1 %+.4f -> %s",
+                 f"{check['label_agreement']:.2%}", check["n"], check["macro_f1_delta"],
+                 "enabled" if check["enabled"] else "disabled")
+    meta.bf16 = check
+    meta.write(folder)
+    return check
+
+
+def _check_set(clf: StanceClassifier, splits: Dict[str, LabelledData], fp32_logits: Dict[str, np.ndarray]):
+    """Normalised dev + test texts, their gold labels and fp32 logits (computed once, by the evaluation)."""
+    names = [n for n in ("dev", "test") if n in splits]
+    texts = [clf.normalizer(t) for n in names for t in splits[n].texts]
+    gold = [l for n in names for l in splits[n].labels]
+    return texts, gold, np.concatenate([fp32_logits[n] for n in names])
 
 
 def _calibrate_and_evaluate(clf: StanceClassifier, meta: ModelMeta, splits: Dict[str, LabelledData],

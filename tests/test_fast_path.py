@@ -6,6 +6,7 @@ import pytest
 
 from conftest import POSTS, train_model
 from stance import StanceClassifier
+from stance.model import cpu_has_bf16
 
 pytest.importorskip("onnxruntime")
 
@@ -30,7 +31,7 @@ def test_runtimes_agree(fast_model):
     if not json.loads((fast_model / "stance.json").read_text())["fast_path"]["enabled"]:
         pytest.skip("the tiny random model did not pass the int8 check")
     texts = [t for t, _ in POSTS]
-    fast = StanceClassifier.load(fast_model)              # auto -> onnx on CPU
+    fast = StanceClassifier.load(fast_model, runtime="onnx")
     slow = StanceClassifier.load(fast_model, runtime="torch")
     assert fast.runtime == "onnx-int8" and slow.runtime == "torch-cpu"
     np.testing.assert_allclose(fast.predict_proba(texts), slow.predict_proba(texts), atol=0.02)
@@ -41,7 +42,31 @@ def test_disabled_fast_path_falls_back_to_torch(fast_model, tmp_path):
     copy = tmp_path / "m"
     shutil.copytree(fast_model, copy)
     shutil.rmtree(copy / "onnx", ignore_errors=True)
-    assert StanceClassifier.load(copy).runtime == "torch-cpu"   # file gone: clean fallback
+    meta = json.loads((copy / "stance.json").read_text())
+    meta["bf16"] = {"enabled": False}
+    (copy / "stance.json").write_text(json.dumps(meta))
+    assert StanceClassifier.load(copy).runtime == "torch-cpu"   # file gone, no bf16: clean fallback to fp32
+
+
+def test_bf16_is_checked_recorded_and_preferred(fast_model):
+    check = json.loads((fast_model / "stance.json").read_text())["bf16"]
+    card = (fast_model / "README.md").read_text()
+    assert "bfloat16 CPU scoring" in card
+    if not cpu_has_bf16():
+        assert check["enabled"] is False and "reason" in check
+        pytest.skip("this CPU has no native bfloat16")
+    assert check["n"] == 2 * len(POSTS)
+    assert check["enabled"] == (check["label_agreement"] >= 0.99 and check["macro_f1_delta"] >= -0.005)
+    texts = [t for t, _ in POSTS]
+    bf16 = StanceClassifier.load(fast_model, runtime="bf16")
+    fp32 = StanceClassifier.load(fast_model, runtime="torch")
+    assert bf16.runtime == "torch-cpu-bf16" and fp32.runtime == "torch-cpu"
+    assert next(bf16.engine.model.parameters()).dtype.is_floating_point
+    assert str(next(bf16.engine.model.parameters()).dtype) == "torch.bfloat16"
+    np.testing.assert_allclose(bf16.predict_proba(texts), fp32.predict_proba(texts), atol=0.02)
+    int8 = json.loads((fast_model / "stance.json").read_text())["fast_path"]["enabled"]
+    expected = "torch-cpu-bf16" if check["enabled"] else "onnx-int8" if int8 else "torch-cpu"
+    assert StanceClassifier.load(fast_model).runtime == expected
 
 
 def test_embedding_table_int8_per_row_matches_fp32(tmp_path):
@@ -68,15 +93,17 @@ def test_embedding_table_int8_per_row_matches_fp32(tmp_path):
     assert np.all(np.abs(out - ref) <= np.abs(table[ids]).max(axis=-1, keepdims=True) / 254 + 1e-6)
 
 
-def test_failed_fast_path_keeps_the_trained_model(tiny_backbone, labelled_files, tmp_path, monkeypatch):
-    from stance import onnx_runtime
+def test_failed_fast_paths_keep_the_trained_model(tiny_backbone, labelled_files, tmp_path, monkeypatch):
+    from stance import onnx_runtime, train
 
-    def broken(folder):
+    def broken(*args):
         raise RuntimeError("exporter exploded")
     monkeypatch.setattr(onnx_runtime, "export_int8", broken)
+    monkeypatch.setattr(train, "cpu_has_bf16", broken)
     out = tmp_path / "m"
     train_model(tiny_backbone, labelled_files, out, **{"model.fast_path": "true"})
     meta = json.loads((out / "stance.json").read_text())
     assert meta["fast_path"] == {"enabled": False, "reason": "build failed: exporter exploded"}
+    assert meta["bf16"] == {"enabled": False, "reason": "check failed: exporter exploded"}
     assert not (out / "onnx").exists()
     assert StanceClassifier.load(out).runtime == "torch-cpu"
