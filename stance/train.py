@@ -264,9 +264,7 @@ def _build_fast_path(clf: StanceClassifier, meta: ModelMeta, splits: Dict[str, L
     check["build_seconds"] = round(time.time() - t0, 1)
     if not check["enabled"]:
         shutil.rmtree(folder / onnx_runtime.ONNX_DIR, ignore_errors=True)
-    log.info("int8 fast path: %s of labels equal to fp32 on %d posts, macro-F1 %+.4f -> %s",
-             f"{check['label_agreement']:.2%}", check["n"], check["macro_f1_delta"],
-             "enabled" if check["enabled"] else "disabled")
+    _log_check("int8 fast path", check)
     meta.fast_path = check
     meta.write(folder)
     return check
@@ -282,12 +280,16 @@ def _check_bf16(clf: StanceClassifier, meta: ModelMeta, splits: Dict[str, Labell
         texts, gold, fp32 = _check_set(clf, splits, fp32_logits)
         bf16_logits, _ = TransformerEngine(folder, meta, device="cpu", bf16=True).logits(texts)
         check = compare_with_fp32(bf16_logits, fp32, gold, meta.labels)
-        log.info("bfloat16: %s of labels equal to fp32 on %d posts, macro-F1 %+.4f -> %s",
-                 f"{check['label_agreement']:.2%}", check["n"], check["macro_f1_delta"],
-                 "enabled" if check["enabled"] else "disabled")
+        _log_check("bfloat16", check)
     meta.bf16 = check
     meta.write(folder)
     return check
+
+
+def _log_check(name: str, check: Dict) -> None:
+    log.info("%s: %s of labels equal to fp32 on %d posts, macro-F1 %+.4f -> %s", name,
+             f"{check['label_agreement']:.2%}", check["n"], check["macro_f1_delta"],
+             "enabled" if check["enabled"] else "disabled")
 
 
 def _check_set(clf: StanceClassifier, splits: Dict[str, LabelledData], fp32_logits: Dict[str, np.ndarray]):
