@@ -105,20 +105,14 @@ def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
         clf = StanceClassifier.load(tmp, device=cfg.training.device)
         metrics, fp32_logits = _calibrate_and_evaluate(clf, meta, splits, tmp)
         if meta.engine == "transformer" and cfg.model.fast_path:
-            try:
-                metrics["fast_path"] = _build_fast_path(clf, meta, splits, fp32_logits, tmp)
-            except Exception as exc:   # an optional speed-up must never cost the trained model
-                log.warning("could not build the int8 fast path (%s); scoring will use PyTorch", exc)
-                shutil.rmtree(tmp / "onnx", ignore_errors=True)
-                meta.fast_path = {"enabled": False, "reason": f"build failed: {exc}"}
-                meta.write(tmp)
-                metrics["fast_path"] = meta.fast_path
-            try:
-                metrics["bf16"] = _check_bf16(clf, meta, splits, fp32_logits, tmp)
-            except Exception as exc:   # same rule: the check is optional, the model is not
-                log.warning("could not check bfloat16 scoring (%s); it stays off", exc)
-                meta.bf16 = metrics["bf16"] = {"enabled": False, "reason": f"check failed: {exc}"}
-                meta.write(tmp)
+            for key, step, verb in (("fast_path", _build_fast_path, "build"), ("bf16", _check_bf16, "check")):
+                try:
+                    metrics[key] = step(clf, meta, splits, fp32_logits, tmp)
+                except Exception as exc:   # an optional speed-up must never cost the trained model
+                    log.warning("could not %s the %s scoring path (%s); scoring will not use it", verb, key, exc)
+                    metrics[key] = {"enabled": False, "reason": f"{verb} failed: {exc}"}
+                    setattr(meta, key, metrics[key])
+                    meta.write(tmp)
         metrics.update({"backbone": cfg.model.backbone, "train_examples": len(texts["train"]),
                         "train_seconds": round(time.time() - t0, 1), "history": history,
                         "stance_version": __version__})
@@ -259,8 +253,12 @@ def _build_fast_path(clf: StanceClassifier, meta: ModelMeta, splits: Dict[str, L
         log.info("onnxruntime is not installed: no int8 fast path (pip install 'stance[onnx]')")
         return {"enabled": False, "reason": "onnxruntime not installed"}
     t0 = time.time()
-    onnx_runtime.export_int8(folder)
-    check = onnx_runtime.validate_int8(folder, meta, *_check_set(clf, splits, fp32_logits))
+    try:
+        onnx_runtime.export_int8(folder)
+        check = onnx_runtime.validate_int8(folder, meta, *_check_set(clf, splits, fp32_logits))
+    except Exception:
+        shutil.rmtree(folder / onnx_runtime.ONNX_DIR, ignore_errors=True)   # no half-built fast path left behind
+        raise
     check["build_seconds"] = round(time.time() - t0, 1)
     if not check["enabled"]:
         shutil.rmtree(folder / onnx_runtime.ONNX_DIR, ignore_errors=True)
