@@ -43,13 +43,14 @@ def write_model_card(folder: Path, cfg, metrics: Dict) -> None:
                   f"of the kept posts reaches 0.90 (keeps {_pct(cal['dev_coverage_at_min_confidence'])}% of dev).", ""]
     fast = metrics.get("fast_path")
     if fast and "label_agreement" in fast:
-        lines += ["## Fast CPU path (8-bit ONNX)", "",
-                  f"`{fast['file']}` is this model exported to ONNX with 8-bit weights (int8 matrix products). "
+        lines += ["## Fast CPU path (int8 ONNX)", "",
+                  f"`{fast['file']}` is this model exported to ONNX with int8 matrix products (int8 weights, "
+                  "activations quantised per token after SmoothQuant, so a post's label does not depend on the "
+                  "posts batched with it). "
                   f"On the {fast['n']} dev and test posts it gives the same label as the fp32 model on "
                   f"{_pct(fast['label_agreement'])}% of posts, macro-F1 {100 * fast['macro_f1_delta']:+.2f} points. "
                   + ("It passed the check (>= 99% agreement, <= 0.5 points lower) and `stance score` uses it on CPU "
-                     "by default, except on CPUs with native bf16 where a passed bf16 check (below) is preferred "
-                     "(`--runtime torch` forces fp32)." if fast["enabled"] else
+                     "by default (`--runtime torch` forces fp32)." if fast["enabled"] else
                      "It failed the check (>= 99% agreement, <= 0.5 points lower) and was removed; scoring uses PyTorch."),
                   ""]
     bf16 = metrics.get("bf16")
@@ -59,8 +60,9 @@ def write_model_card(folder: Path, cfg, metrics: Dict) -> None:
             lines += [f"With its weights cast to bfloat16 (on CPUs with native bf16: AVX-512 BF16 or AMX), this model "
                       f"gives the same label as fp32 on {_pct(bf16['label_agreement'])}% of the {bf16['n']} dev and "
                       f"test posts, macro-F1 {100 * bf16['macro_f1_delta']:+.2f} points. "
-                      + ("It passed the same check as the 8-bit path, and `stance score` prefers it on such CPUs."
-                         if bf16["enabled"] else "It failed that check, so it is not used by default."), ""]
+                      + ("It passed the same check as the int8 path; `stance score` uses it on such CPUs when "
+                         "the int8 path is not available." if bf16["enabled"] else
+                         "It failed that check, so it is not used by default."), ""]
         else:
             lines += [f"Not checked: {bf16.get('reason', 'unknown')}. Scoring uses the other paths.", ""]
     for split in ("dev", "test"):

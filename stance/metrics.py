@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from .labels import SIDED_LABELS
 
@@ -23,6 +22,9 @@ def compute_metrics(gold: Sequence[str], pred: Sequence[str], labels: Sequence[s
 
     With ``probs`` (rows aligned with ``labels``) also the expected calibration error.
     """
+    # Imported here: scikit-learn takes ~1.5 s to import, and scoring needs only softmax from this module.
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     labels = list(labels)
     p, r, f, s = precision_recall_fscore_support(gold, pred, labels=labels, zero_division=0)
     per_class = {lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}

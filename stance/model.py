@@ -89,8 +89,8 @@ def cpu_has_bf16() -> bool:
 class TransformerEngine:
     """Fine-tuned Hugging Face encoder; length-sorted batches with dynamic padding.
 
-    ``bf16`` casts the weights to bfloat16: each value is rounded on its own, so unlike int8 with
-    per-batch activation scales, a post's label never depends on the posts batched with it.
+    ``bf16`` casts the weights to bfloat16: each value is rounded on its own, so a post's label never
+    depends on the posts batched with it.
     """
 
     def __init__(self, folder: Path, meta: ModelMeta, device: str = "auto", bf16: bool = False):
@@ -193,30 +193,29 @@ class StanceClassifier:
              threads: Optional[int] = None, runtime: str = "auto") -> "StanceClassifier":
         """Load a model folder.
 
-        ``runtime``: ``auto`` uses, on CPU, bfloat16 PyTorch where the CPU has native bf16 and the model
-        passed its bf16 check, else the int8 ONNX path where the folder has one that passed its check and
-        onnxruntime is installed, else fp32 PyTorch; ``torch`` (fp32), ``onnx`` and ``bf16`` force one.
+        ``runtime``: ``auto`` uses, on CPU, the int8 ONNX path where the folder has one that passed its
+        check and onnxruntime is installed, else bfloat16 PyTorch where the CPU has native bf16 and the
+        model passed its bf16 check, else fp32 PyTorch; ``torch`` (fp32), ``onnx`` and ``bf16`` force one.
+        A GPU, when present, is used through PyTorch.
         """
         folder = Path(path)
         meta = ModelMeta.read(folder)
         if runtime not in ("auto", "torch", "onnx", "bf16"):
             raise StanceError(f"unknown runtime '{runtime}'; use auto, torch, onnx or bf16")
-        if meta.engine == "transformer" and runtime in ("auto", "bf16"):
-            on_cpu = pick_device(device) == "cpu"
-            if runtime == "bf16" or (on_cpu and meta.bf16.get("enabled") and cpu_has_bf16()):
-                _torch_threads(threads)
-                return cls(folder, meta, TransformerEngine(folder, meta, device=device, bf16=True))
-        if meta.engine == "transformer" and runtime != "torch":
+        if meta.engine != "transformer":
+            return cls(folder, meta, _ENGINES[meta.engine](folder, meta, device=device))
+        on_cpu = pick_device(device) == "cpu"
+        if runtime in ("auto", "onnx"):
             from . import onnx_runtime
             usable = (meta.fast_path.get("enabled") and (folder / meta.fast_path.get("file", "")).is_file()
-                      and onnx_runtime.available() and pick_device(device) == "cpu")
+                      and onnx_runtime.available() and on_cpu)
             if usable or runtime == "onnx":
                 if not onnx_runtime.available():
                     raise StanceError("the onnx runtime needs onnxruntime", hint="pip install 'stance[onnx]'")
                 return cls(folder, meta, onnx_runtime.OnnxEngine(folder, meta, threads=threads))
-        if meta.engine == "transformer":
-            _torch_threads(threads)
-        return cls(folder, meta, _ENGINES[meta.engine](folder, meta, device=device))
+        _torch_threads(threads)
+        bf16 = runtime == "bf16" or (runtime == "auto" and on_cpu and meta.bf16.get("enabled") and cpu_has_bf16())
+        return cls(folder, meta, TransformerEngine(folder, meta, device=device, bf16=bf16))
 
     @property
     def runtime(self) -> str:

@@ -15,6 +15,8 @@ _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _MENTION = re.compile(r"(?<![\w@])@\w{1,30}")
 _SPACE = re.compile(r"\s+")
 _EMOJI_NAME = re.compile("\ue000([^\ue001]*)\ue001")
+# Every emoji contains one of these non-ASCII characters; posts without any skip demojize's slow scan.
+_EMOJI_CHARS = frozenset(c for e in emoji.EMOJI_DATA for c in e if ord(c) > 127)
 _CONTROL = dict.fromkeys(c for c in range(32) if chr(c) not in "\t\n\r")
 # Bounds the work on absurdly long cells before tokenisation truncates them anyway.
 MAX_CHARS = 5000
@@ -37,7 +39,7 @@ class Normalizer:
             text = _URL.sub("http", text)
         if self.mentions:
             text = _MENTION.sub("@user", text)
-        if self.emoji_to_text:
+        if self.emoji_to_text and not _EMOJI_CHARS.isdisjoint(text):
             # Private-use delimiters so ordinary colons in the post are left alone.
             text = emoji.demojize(text, delimiters=(" \ue000", "\ue001 "), language="alias")
             text = _EMOJI_NAME.sub(lambda m: m.group(1).replace("_", " "), text)

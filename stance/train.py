@@ -247,14 +247,14 @@ def _fine_tune(cfg: RunConfig, backbone_dir: Path, labels, texts, ids, tmp: Path
 
 def _build_fast_path(clf: StanceClassifier, meta: ModelMeta, splits: Dict[str, LabelledData],
                      fp32_logits: Dict[str, np.ndarray], folder: Path) -> Dict:
-    """Export the 8-bit ONNX model and keep it only if it matches fp32 closely on dev + test."""
+    """Export the int8 ONNX model and keep it only if it matches fp32 closely on dev + test."""
     from . import onnx_runtime
     if not onnx_runtime.available():
         log.info("onnxruntime is not installed: no int8 fast path (pip install 'stance[onnx]')")
         return {"enabled": False, "reason": "onnxruntime not installed"}
     t0 = time.time()
     try:
-        onnx_runtime.export_int8(folder)
+        onnx_runtime.export_int8(folder, [clf.normalizer(t) for t in splits["train"].texts], meta.max_length)
         check = onnx_runtime.validate_int8(folder, meta, *_check_set(clf, splits, fp32_logits))
     except Exception:
         shutil.rmtree(folder / onnx_runtime.ONNX_DIR, ignore_errors=True)   # no half-built fast path left behind

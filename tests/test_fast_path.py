@@ -1,4 +1,4 @@
-"""The 8-bit ONNX fast path: built at training time, checked against fp32, used by default on CPU."""
+"""The int8 ONNX fast path: built at training time, checked against fp32, used by default on CPU."""
 import json
 
 import numpy as np
@@ -48,7 +48,31 @@ def test_disabled_fast_path_falls_back_to_torch(fast_model, tmp_path):
     assert StanceClassifier.load(copy).runtime == "torch-cpu"   # file gone, no bf16: clean fallback to fp32
 
 
-def test_bf16_is_checked_recorded_and_preferred(fast_model):
+def test_int8_graph_is_per_token_with_cls_only_last_layer(fast_model):
+    import onnx
+    if not json.loads((fast_model / "stance.json").read_text())["fast_path"]["enabled"]:
+        pytest.skip("the tiny random model did not pass the int8 check")
+    graph = onnx.load(str(fast_model / "onnx/model.int8.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    # 2 layers x (Q, K, V, attention output, two feed-forward products), all int8, none left in fp32.
+    assert ops.count("MatMulIntegerToFloat") == 12
+    weights = {t.name for t in graph.initializer if len(t.dims) == 2}
+    assert not [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    assert ops.count("MultiHeadAttention") == 2 and "cls_only_slice" in [n.name for n in graph.node]
+
+
+def test_int8_labels_do_not_depend_on_batch_neighbours(fast_model):
+    if not json.loads((fast_model / "stance.json").read_text())["fast_path"]["enabled"]:
+        pytest.skip("the tiny random model did not pass the int8 check")
+    fast = StanceClassifier.load(fast_model, runtime="onnx")
+    texts = [t for t, _ in POSTS]
+    batched = fast.predict_proba(texts + ["!!!!! " * 40] * 3, batch_size=64)[:len(texts)]
+    alone = np.concatenate([fast.predict_proba([t]) for t in texts])
+    # Per-token scales: only float summation order can differ (per-batch scales moved these by ~1e-3).
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+
+
+def test_bf16_is_checked_recorded_and_used_without_int8(fast_model, tmp_path):
     check = json.loads((fast_model / "stance.json").read_text())["bf16"]
     card = (fast_model / "README.md").read_text()
     assert "bfloat16 CPU scoring" in card
@@ -65,12 +89,17 @@ def test_bf16_is_checked_recorded_and_preferred(fast_model):
     assert str(next(bf16.engine.model.parameters()).dtype) == "torch.bfloat16"
     np.testing.assert_allclose(bf16.predict_proba(texts), fp32.predict_proba(texts), atol=0.02)
     int8 = json.loads((fast_model / "stance.json").read_text())["fast_path"]["enabled"]
-    expected = "torch-cpu-bf16" if check["enabled"] else "onnx-int8" if int8 else "torch-cpu"
+    expected = "onnx-int8" if int8 else "torch-cpu-bf16" if check["enabled"] else "torch-cpu"
     assert StanceClassifier.load(fast_model).runtime == expected
+    import shutil
+    copy = tmp_path / "m"
+    shutil.copytree(fast_model, copy)
+    shutil.rmtree(copy / "onnx", ignore_errors=True)       # no int8 file: bf16 next, where it passed
+    assert StanceClassifier.load(copy).runtime == ("torch-cpu-bf16" if check["enabled"] else "torch-cpu")
 
 
 def test_embedding_table_int8_per_row_matches_fp32(tmp_path):
-    """The graph rewrite behind the 8-bit fast path's small files: Gather(W) -> Gather(W_int8) * scale."""
+    """The graph rewrite behind the int8 fast path's small files: Gather(W) -> Gather(W_int8) * scale."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper

@@ -1,0 +1,73 @@
+"""The per-token int8 rewrite (stance/quantize.py) on small hand-built graphs."""
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from stance import quantize  # noqa: E402
+
+K, N = 64, 48
+
+
+def linear_model(w: np.ndarray):
+    """y = x @ W for x of shape [batch, seq, K]: one weight product, as in an encoder layer."""
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, K])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, N])],
+                              [numpy_helper.from_array(w, "W")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def run(model, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.fixture
+def weights():
+    return np.random.default_rng(0).normal(size=(K, N)).astype(np.float32)
+
+
+def test_products_are_int8_and_close_to_fp32(weights):
+    model = linear_model(weights)
+    assert quantize.quantize_per_token(model) == 1
+    assert [n.op_type for n in model.graph.node].count("MatMulIntegerToFloat") == 1
+    assert "W" not in {t.name for t in model.graph.initializer}          # the fp32 weight is gone
+    x = np.random.default_rng(1).normal(size=(3, 5, K)).astype(np.float32)
+    y, ref = run(model, x), x @ weights
+    assert y.shape == ref.shape
+    assert np.abs(y - ref).max() < 0.02 * np.abs(ref).max()
+
+
+def test_each_token_is_quantised_on_its_own(weights):
+    model = linear_model(weights)
+    quantize.quantize_per_token(model)
+    x = np.random.default_rng(2).normal(size=(2, 4, K)).astype(np.float32)
+    loud = x.copy()
+    loud[1] *= 1000            # other posts in the batch with huge activations
+    loud[0, 1:] *= 1000        # and other tokens of the same post
+    # int32 accumulation is exact, so token (0, 0) gets exactly the same result.
+    np.testing.assert_array_equal(run(model, loud)[0, 0], run(model, x)[0, 0])
+
+
+def test_smoothing_keeps_an_outlier_channel_from_swamping_the_rest(weights):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, 8, K)).astype(np.float32)
+    x[..., 5] *= 60            # one hidden channel far larger than the others, as in BERT-style encoders
+    ref = x @ weights
+    errors = {}
+    for smooth in (False, True):
+        model = linear_model(weights)
+        ranges = {"x": np.abs(x).reshape(-1, K).max(axis=0)} if smooth else None
+        quantize.quantize_per_token(model, ranges)
+        errors[smooth] = np.abs(run(model, x) - ref).mean()
+    assert errors[True] < 0.6 * errors[False]
+
+
+def test_cls_only_needs_fused_attention(weights):
+    model = linear_model(weights)
+    before = model.SerializeToString()
+    assert quantize.last_layer_cls_only(model) is False
+    assert model.SerializeToString() == before
