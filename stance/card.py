@@ -45,8 +45,8 @@ def write_model_card(folder: Path, cfg, metrics: Dict) -> None:
     if fast and "label_agreement" in fast:
         lines += ["## Fast CPU path (int8 ONNX)", "",
                   f"`{fast['file']}` is this model exported to ONNX with int8 matrix products (int8 weights, "
-                  "activations quantised per token after SmoothQuant, so a post's label does not depend on the "
-                  "posts batched with it). "
+                  f"activations quantised per token after SmoothQuant with strength {fast.get('smoothquant_alpha')}, "
+                  "so a post's label does not depend on the posts batched with it). "
                   f"On the {fast['n']} dev and test posts it gives the same label as the fp32 model on "
                   f"{_pct(fast['label_agreement'])}% of posts, macro-F1 {100 * fast['macro_f1_delta']:+.2f} points. "
                   + ("It passed the check (>= 99% agreement, <= 0.5 points lower) and `stance score` uses it on CPU "

@@ -22,14 +22,12 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import StanceError
+from .quantize import SLOW_FUSIONS
 
 log = logging.getLogger("stance.onnx")
 ONNX_DIR = "onnx"
 INT8_FILE = "model.int8.onnx"
 CALIBRATION_POSTS = 1024    # 256 to all 3,000 training posts kept 99.4-99.8% of MiniLM's fp32 labels
-# ONNX Runtime's CPU SkipLayerNormalization kernel takes 2.8 ms where Add + Add + LayerNormalization take
-# 0.5 ms (2,880 tokens x 384, 2 threads), so the session must not fuse them.
-SLOW_FUSIONS = ["SkipLayerNormFusion"]
 
 
 def available() -> bool:
@@ -41,10 +39,11 @@ def available() -> bool:
         return False
 
 
-def export_int8(folder: Path, calibration_texts: Sequence[str], max_length: int = 128) -> Path:
+def export_int8(folder: Path, calibration_texts: Sequence[str], max_length: int = 128) -> Dict:
     """Export the model in `folder` to ONNX and rewrite it to per-token int8; keep only that file.
 
-    ``calibration_texts`` (normalised training posts) set the SmoothQuant factors.
+    ``calibration_texts`` (normalised training posts) set the SmoothQuant factors. Returns how the
+    graph was built (recorded beside the accuracy check).
     """
     import onnx
 
@@ -67,17 +66,18 @@ def export_int8(folder: Path, calibration_texts: Sequence[str], max_length: int 
                                             config["num_hidden_layers"])
         except Exception as exc:      # fusion is a speed-up; the plain graph quantises the same way
             log.info("attention fusion failed (%s): keeping the unfused graph", exc)
+        info = {"attention_fused": model is not None, "cls_only_last_layer": False}
         if model is None:
             model = onnx.load(str(fp32))
         else:
-            _try_cls_only(model, calibration[0])
-        ranges = quantize.activation_ranges(model, calibration)
-        n = quantize.quantize_per_token(model, ranges)
-        log.info("int8: %d matrix products quantised per token", n)
+            info["cls_only_last_layer"] = _try_cls_only(model, calibration[0])
+        model, info["smoothquant_alpha"], _ = quantize.smooth_and_quantize(model, calibration)
+        log.info("int8: %d matrix products quantised per token (SmoothQuant alpha %.1f)",
+                 sum(n.op_type == "MatMulIntegerToFloat" for n in model.graph.node), info["smoothquant_alpha"])
         _quantize_embedding_tables(model)
         onnx.save(model, str(Path(tmp) / INT8_FILE))
         shutil.move(str(Path(tmp) / INT8_FILE), target / INT8_FILE)
-    return target / INT8_FILE
+    return info
 
 
 def _export_fp32(folder: Path, path: Path) -> None:
@@ -98,7 +98,7 @@ def _export_fp32(folder: Path, path: Path) -> None:
                           output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
 
 
-def _try_cls_only(model, probe: Tuple[np.ndarray, np.ndarray]) -> None:
+def _try_cls_only(model, probe: Tuple[np.ndarray, np.ndarray]) -> bool:
     """Apply the [CLS]-only last layer, and undo it unless logits stay the same on a real batch."""
     import onnx
 
@@ -106,12 +106,14 @@ def _try_cls_only(model, probe: Tuple[np.ndarray, np.ndarray]) -> None:
     before = onnx.ModelProto()
     before.CopyFrom(model)
     if not quantize.last_layer_cls_only(model):
-        return
+        return False
     feeds = {"input_ids": probe[0], "attention_mask": probe[1]}
-    ref, new = (_session(m.SerializeToString()).run(["logits"], feeds)[0] for m in (before, model))
+    ref, new = (quantize.session(m).run(["logits"], feeds)[0] for m in (before, model))
     if not np.allclose(ref, new, atol=1e-4, rtol=1e-4):
         log.info("the classifier reads more than the first token: last layer kept whole")
         model.CopyFrom(before)
+        return False
+    return True
 
 
 def _session(model, threads: Optional[int] = None):

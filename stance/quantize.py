@@ -13,7 +13,8 @@ Two more steps keep accuracy and add speed:
   carry values far larger than the rest, which would dominate every token's
   scale. Dividing channel j of ``X`` by ``s_j`` and multiplying row j of ``W``
   by it moves that range into the weights; ``s`` comes from activation ranges
-  measured on training posts.
+  measured on training posts, with the strength alpha that best reproduces
+  the fp32 logits on those posts.
 - Attention fused into ONNX Runtime's MultiHeadAttention, and the last layer
   computed for the first ([CLS]) position only, the one the classifier reads;
   that surgery is checked numerically and dropped if the model reads more.
@@ -21,12 +22,15 @@ Two more steps keep accuracy and add speed:
 from __future__ import annotations
 
 import logging
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 log = logging.getLogger("stance.onnx")
-SMOOTH_ALPHA = 0.5          # migration strength; 0.3 and 0.7 kept fewer fp32 labels on MiniLM
+SMOOTH_ALPHAS = (0.5, 0.6, 0.7)     # SmoothQuant strengths tried per model (0.3 and 0.4 never won)
+# ONNX Runtime's CPU SkipLayerNormalization kernel takes 2.8 ms where Add + Add + LayerNormalization take
+# 0.5 ms (2,880 tokens x 384, 2 threads), so sessions must not fuse them.
+SLOW_FUSIONS = ["SkipLayerNormFusion"]
 
 
 def fuse_attention(path: str, num_heads: int, hidden_size: int, num_layers: int):
@@ -94,29 +98,65 @@ def weight_products(model) -> List:
     return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
 
 
-def activation_ranges(model, batches: Iterable[Tuple[np.ndarray, np.ndarray]]) -> Dict[str, np.ndarray]:
-    """Per-channel max |x| of every linear layer's input over real (not padding) tokens."""
+def activation_ranges(model, batches: Sequence[Tuple[np.ndarray, np.ndarray]]
+                      ) -> Tuple[Dict[str, np.ndarray], List[np.ndarray]]:
+    """Per-channel max |x| of every linear layer's input over real (not padding) tokens, and the logits."""
+    names = sorted({n.input[0] for n in weight_products(model)})
+    probe = session(model, extra_outputs=names)
+    ranges: Dict[str, np.ndarray] = {}
+    logits = []
+    for input_ids, mask in batches:
+        outputs = probe.run(["logits", *names], {"input_ids": input_ids, "attention_mask": mask})
+        logits.append(outputs[0])
+        for name, value in zip(names, outputs[1:]):
+            rows = value[mask > 0] if value.shape[:2] == mask.shape else value.reshape(-1, value.shape[-1])
+            peak = np.abs(rows).max(axis=0)
+            ranges[name] = np.maximum(ranges[name], peak) if name in ranges else peak
+    return ranges, logits
+
+
+def smooth_and_quantize(model, batches: Sequence[Tuple[np.ndarray, np.ndarray]],
+                        alphas: Sequence[float] = SMOOTH_ALPHAS):
+    """Per-token int8 with the SmoothQuant strength that best reproduces fp32 logits on `batches`.
+
+    The best strength differs by model (on dev and test posts: MiniLM 0.5, multilingual-e5 0.6), so each
+    candidate is scored on the calibration posts themselves, which need no labels.
+    Returns (quantised model, alpha, mean squared logit error).
+    """
+    import onnx
+
+    ranges, reference = activation_ranges(model, batches)
+    best = None
+    for alpha in alphas:
+        candidate = onnx.ModelProto()
+        candidate.CopyFrom(model)
+        quantize_per_token(candidate, ranges, alpha)
+        run = session(candidate).run
+        error = float(np.mean([np.mean((run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]
+                                        - ref) ** 2) for (ids, mask), ref in zip(batches, reference)]))
+        log.info("SmoothQuant alpha %.1f: mean squared logit error %.5f on %d calibration batches",
+                 alpha, error, len(batches))
+        if best is None or error < best[2]:
+            best = (candidate, alpha, error)
+    return best
+
+
+def session(model, extra_outputs: Sequence[str] = ()):
+    """An ONNX Runtime session on an in-memory model, optionally exposing inner tensors as outputs."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    names = sorted({n.input[0] for n in weight_products(model)})
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    ranges: Dict[str, np.ndarray] = {}
-    for input_ids, mask in batches:
-        outputs = session.run(names, {"input_ids": input_ids, "attention_mask": mask})
-        for name, value in zip(names, outputs):
-            rows = value[mask > 0] if value.shape[:2] == mask.shape else value.reshape(-1, value.shape[-1])
-            peak = np.abs(rows).max(axis=0)
-            ranges[name] = np.maximum(ranges[name], peak) if name in ranges else peak
-    return ranges
+    if extra_outputs:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in extra_outputs)
+        model = probe
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"],
+                                disabled_optimizers=SLOW_FUSIONS)
 
 
-def quantize_per_token(model, ranges: Optional[Dict[str, np.ndarray]] = None,
-                       alpha: float = SMOOTH_ALPHA) -> int:
+def quantize_per_token(model, ranges: Optional[Dict[str, np.ndarray]] = None, alpha: float = 0.5) -> int:
     """Rewrite every weight MatMul into per-token int8 (in place); returns how many were rewritten.
 
     Products sharing an input (Q, K and V) share one quantised copy of it and one smoothing factor.

@@ -254,8 +254,8 @@ def _build_fast_path(clf: StanceClassifier, meta: ModelMeta, splits: Dict[str, L
         return {"enabled": False, "reason": "onnxruntime not installed"}
     t0 = time.time()
     try:
-        onnx_runtime.export_int8(folder, [clf.normalizer(t) for t in splits["train"].texts], meta.max_length)
-        check = onnx_runtime.validate_int8(folder, meta, *_check_set(clf, splits, fp32_logits))
+        built = onnx_runtime.export_int8(folder, [clf.normalizer(t) for t in splits["train"].texts], meta.max_length)
+        check = {**onnx_runtime.validate_int8(folder, meta, *_check_set(clf, splits, fp32_logits)), **built}
     except Exception:
         shutil.rmtree(folder / onnx_runtime.ONNX_DIR, ignore_errors=True)   # no half-built fast path left behind
         raise

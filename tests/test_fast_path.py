@@ -24,6 +24,8 @@ def test_fast_path_is_checked_and_recorded(fast_model):
     assert fp["n"] == 2 * len(POSTS) and 0 <= fp["label_agreement"] <= 1
     assert fp["enabled"] == (fp["label_agreement"] >= 0.99 and fp["macro_f1_delta"] >= -0.005)
     assert (fast_model / "onnx/model.int8.onnx").exists() == fp["enabled"]
+    assert fp["attention_fused"] is True and fp["cls_only_last_layer"] is True
+    assert fp["smoothquant_alpha"] in (0.5, 0.6, 0.7)
     assert "Fast CPU path" in (fast_model / "README.md").read_text()
 
 

@@ -71,3 +71,35 @@ def test_cls_only_needs_fused_attention(weights):
     before = model.SerializeToString()
     assert quantize.last_layer_cls_only(model) is False
     assert model.SerializeToString() == before
+
+
+def test_backbone_whose_attention_does_not_fuse_still_gets_int8(tiny_backbone, tmp_path):
+    """MPNet's relative position bias stops the attention fusion; the plain graph is quantised instead."""
+    import shutil
+
+    import torch
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+
+    from conftest import POSTS
+    from stance.model import encode, length_sorted_batches
+    from stance.onnx_runtime import INT8_FILE, ONNX_DIR, _tokenizer, export_int8
+
+    folder = tmp_path / "mpnet"
+    shutil.copytree(tiny_backbone, folder, ignore=shutil.ignore_patterns("config.json", "model.safetensors"))
+    torch.manual_seed(0)
+    cfg = MPNetConfig(vocab_size=400, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=64, num_labels=4, pad_token_id=0)
+    model = MPNetForSequenceClassification(cfg).eval()
+    model.save_pretrained(str(folder), safe_serialization=True)
+    texts = [t for t, _ in POSTS]
+    export_int8(folder, texts, max_length=32)
+    graph = onnx.load(str(folder / ONNX_DIR / INT8_FILE)).graph
+    ops = [n.op_type for n in graph.node]
+    assert "MultiHeadAttention" not in ops and ops.count("MatMulIntegerToFloat") == 12
+    ids, _ = encode(_tokenizer(folder), texts, 32)
+    _, input_ids, mask = next(iter(length_sorted_batches(ids, 64, 0)))
+    session = ort.InferenceSession(str(folder / ONNX_DIR / INT8_FILE), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"input_ids": input_ids, "attention_mask": mask})[0]
+    with torch.inference_mode():
+        ref = model(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
