@@ -45,7 +45,7 @@ def fuse_attention(path: str, num_heads: int, hidden_size: int, num_layers: int)
     options = FusionOptions("bert")
     options.use_multi_head_attention = True
     options.enable_embed_layer_norm = False     # keeps the word-embedding Gather, which is stored in int8
-    options.enable_skip_layer_norm = False      # slow on CPU: see onnx_runtime.SLOW_FUSIONS
+    options.enable_skip_layer_norm = False      # slow on CPU: see SLOW_FUSIONS
     options.enable_bias_skip_layer_norm = False
     logging.disable(logging.INFO)         # its modules log every fusion under their own top-level names
     try:
@@ -192,12 +192,13 @@ def quantize_per_token(model, ranges: Optional[Dict[str, np.ndarray]] = None, al
             emitted[x] = (f"pt{len(emitted)}_", smooth)
             new_nodes += _quantize_rows(x, emitted[x][0], smooth, weights[0].shape[0], const)
         prefix, smooth = emitted[x]
-        w = inits[node.input[1]]
-        new_nodes += _int8_product(node, prefix, numpy_helper.to_array(w), smooth, const)
-        graph.initializer.remove(w)
+        new_nodes += _int8_product(node, prefix, numpy_helper.to_array(inits[node.input[1]]), smooth, const)
         count += 1
     del graph.node[:]
     graph.node.extend(new_nodes)
+    used = {name for n in graph.node for name in n.input}
+    for name in {n.input[1] for nodes in by_input.values() for n in nodes} - used:   # the fp32 weights
+        graph.initializer.remove(inits[name])
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return count
