@@ -50,7 +50,8 @@ def write_model_card(folder: Path, cfg, metrics: Dict) -> None:
                   f"On the {fast['n']} dev and test posts it gives the same label as the fp32 model on "
                   f"{_pct(fast['label_agreement'])}% of posts, macro-F1 {100 * fast['macro_f1_delta']:+.2f} points. "
                   + ("It passed the check (>= 99% agreement, <= 0.5 points lower) and `stance score` uses it on CPU "
-                     "by default (`--runtime torch` forces fp32)." if fast["enabled"] else
+                     "by default where int8 products are exact (x86 with VNNI, or ARM); `--runtime torch` forces fp32."
+                     if fast["enabled"] else
                      "It failed the check (>= 99% agreement, <= 0.5 points lower) and was removed; scoring uses PyTorch."),
                   ""]
     bf16 = metrics.get("bf16")

@@ -61,7 +61,7 @@ def score(
     on_bad_lines: str = typer.Option("error", "--on-bad-lines", help="error (stop) or skip (count and report) malformed rows."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the model (default: all cores)."),
     runtime: str = typer.Option("auto", "--runtime",
-                                help="auto (on CPU: the model's checked int8 ONNX version, else bf16 where the CPU has it natively and the model passed its bf16 check, else fp32 PyTorch; a GPU through PyTorch), torch (fp32), onnx (int8) or bf16."),
+                                help="auto (on CPU: the model's checked int8 ONNX version where int8 is exact (x86 with VNNI, or ARM), else bf16 where the CPU has it natively and the model passed its bf16 check, else fp32 PyTorch; a GPU through PyTorch), torch (fp32), onnx (int8) or bf16."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, only the summary."),
 ):
     """Score posts from exports; adds stance, confidence, p_<label> and stance_note columns."""

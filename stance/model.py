@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -18,6 +19,7 @@ import numpy as np
 
 from .errors import StanceError
 from .metrics import softmax
+from .quantize import PER_TOKEN_INT8
 from .textnorm import Normalizer
 
 FORMAT_VERSION = 1
@@ -77,13 +79,29 @@ def pick_device(requested: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _cpu_flags() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX); emulated bf16 is slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    flags = _cpu_flags()
     return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def cpu_int8_exact() -> bool:
+    """Whether int8 products with full-range activations are exact here: x86 with VNNI, or not x86.
+
+    Without VNNI, x86 int8 kernels add pairs of u8 x s8 products in int16, which can saturate; the
+    int8 check made at training time (on another CPU) would not hold there.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return True
+    flags = _cpu_flags()
+    return " avx512_vnni" in flags or " avx_vnni" in flags or " amx_int8" in flags
 
 
 class TransformerEngine:
@@ -194,9 +212,10 @@ class StanceClassifier:
         """Load a model folder.
 
         ``runtime``: ``auto`` uses, on CPU, the int8 ONNX path where the folder has one that passed its
-        check and onnxruntime is installed, else bfloat16 PyTorch where the CPU has native bf16 and the
-        model passed its bf16 check, else fp32 PyTorch; ``torch`` (fp32), ``onnx`` and ``bf16`` force one.
-        A GPU, when present, is used through PyTorch.
+        check, onnxruntime is installed and int8 products are exact on this CPU (VNNI on x86), else
+        bfloat16 PyTorch where the CPU has native bf16 and the model passed its bf16 check, else fp32
+        PyTorch; ``torch`` (fp32), ``onnx`` and ``bf16`` force one. A GPU, when present, is used
+        through PyTorch.
         """
         folder = Path(path)
         meta = ModelMeta.read(folder)
@@ -205,16 +224,18 @@ class StanceClassifier:
         if meta.engine != "transformer":
             return cls(folder, meta, _ENGINES[meta.engine](folder, meta, device=device))
         on_cpu = pick_device(device) == "cpu"
-        if runtime in ("auto", "onnx"):
+        bf16 = runtime == "bf16" or (runtime == "auto" and on_cpu and meta.bf16.get("enabled") and cpu_has_bf16())
+        # Folders built before the per-token rewrite hold a slower 8-bit file: bf16 goes first for them.
+        legacy_int8 = meta.fast_path.get("method") != PER_TOKEN_INT8
+        if runtime == "onnx" or (runtime == "auto" and on_cpu and not (bf16 and legacy_int8)):
             from . import onnx_runtime
             usable = (meta.fast_path.get("enabled") and (folder / meta.fast_path.get("file", "")).is_file()
-                      and onnx_runtime.available() and on_cpu)
+                      and onnx_runtime.available() and cpu_int8_exact())
             if usable or runtime == "onnx":
                 if not onnx_runtime.available():
                     raise StanceError("the onnx runtime needs onnxruntime", hint="pip install 'stance[onnx]'")
                 return cls(folder, meta, onnx_runtime.OnnxEngine(folder, meta, threads=threads))
         _torch_threads(threads)
-        bf16 = runtime == "bf16" or (runtime == "auto" and on_cpu and meta.bf16.get("enabled") and cpu_has_bf16())
         return cls(folder, meta, TransformerEngine(folder, meta, device=device, bf16=bf16))
 
     @property

@@ -15,8 +15,10 @@ _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _MENTION = re.compile(r"(?<![\w@])@\w{1,30}")
 _SPACE = re.compile(r"\s+")
 _EMOJI_NAME = re.compile("\ue000([^\ue001]*)\ue001")
-# Every emoji contains one of these non-ASCII characters; posts without any skip demojize's slow scan.
-_EMOJI_CHARS = frozenset(c for e in emoji.EMOJI_DATA for c in e if ord(c) > 127)
+# Every emoji contains one of these non-ASCII characters; posts without any skip demojize's slow scan
+# (same output). Also routed through it: U+FE0E, which demojize deletes even outside an emoji, and our
+# private-use delimiter, which the emoji-name clean-up below rewrites.
+_EMOJI_CHARS = frozenset(c for e in emoji.EMOJI_DATA for c in e if ord(c) > 127) | {"\ufe0e", "\ue000"}
 _CONTROL = dict.fromkeys(c for c in range(32) if chr(c) not in "\t\n\r")
 # Bounds the work on absurdly long cells before tokenisation truncates them anyway.
 MAX_CHARS = 5000

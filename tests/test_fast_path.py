@@ -25,7 +25,7 @@ def test_fast_path_is_checked_and_recorded(fast_model):
     assert fp["enabled"] == (fp["label_agreement"] >= 0.99 and fp["macro_f1_delta"] >= -0.005)
     assert (fast_model / "onnx/model.int8.onnx").exists() == fp["enabled"]
     assert fp["attention_fused"] is True and fp["cls_only_last_layer"] is True
-    assert fp["smoothquant_alpha"] in (0.5, 0.6, 0.7)
+    assert fp["smoothquant_alpha"] in (0.5, 0.6, 0.7) and fp["method"] == "per-token int8"
     assert "Fast CPU path" in (fast_model / "README.md").read_text()
 
 
@@ -50,11 +50,26 @@ def test_disabled_fast_path_falls_back_to_torch(fast_model, tmp_path):
     assert StanceClassifier.load(copy).runtime == "torch-cpu"   # file gone, no bf16: clean fallback to fp32
 
 
-def test_int8_graph_is_per_token_with_cls_only_last_layer(fast_model):
+@pytest.fixture(scope="module")
+def int8_model(fast_model, tmp_path_factory):
+    """The tiny model's int8 graph, built whatever its accuracy check said (a random model may fail it)."""
+    import shutil
+
+    from stance.onnx_runtime import export_int8
+    folder = tmp_path_factory.mktemp("int8") / "m"
+    shutil.copytree(fast_model, folder)
+    info = export_int8(folder, [t for t, _ in POSTS], max_length=32)
+    return folder, info
+
+
+def test_int8_graph_is_per_token_with_cls_only_last_layer(int8_model):
     import onnx
-    if not json.loads((fast_model / "stance.json").read_text())["fast_path"]["enabled"]:
-        pytest.skip("the tiny random model did not pass the int8 check")
-    graph = onnx.load(str(fast_model / "onnx/model.int8.onnx")).graph
+
+    from stance.quantize import PER_TOKEN_INT8, SMOOTH_ALPHAS
+    folder, info = int8_model
+    assert info["method"] == PER_TOKEN_INT8 and info["smoothquant_alpha"] in SMOOTH_ALPHAS
+    assert info["attention_fused"] is True and info["cls_only_last_layer"] is True
+    graph = onnx.load(str(folder / "onnx/model.int8.onnx")).graph
     ops = [n.op_type for n in graph.node]
     # 2 layers x (Q, K, V, attention output, two feed-forward products), all int8, none left in fp32.
     assert ops.count("MatMulIntegerToFloat") == 12
@@ -63,15 +78,34 @@ def test_int8_graph_is_per_token_with_cls_only_last_layer(fast_model):
     assert ops.count("MultiHeadAttention") == 2 and "cls_only_slice" in [n.name for n in graph.node]
 
 
-def test_int8_labels_do_not_depend_on_batch_neighbours(fast_model):
-    if not json.loads((fast_model / "stance.json").read_text())["fast_path"]["enabled"]:
-        pytest.skip("the tiny random model did not pass the int8 check")
-    fast = StanceClassifier.load(fast_model, runtime="onnx")
+def test_int8_labels_do_not_depend_on_batch_neighbours(int8_model):
+    fast = StanceClassifier.load(int8_model[0], runtime="onnx")
     texts = [t for t, _ in POSTS]
     batched = fast.predict_proba(texts + ["!!!!! " * 40] * 3, batch_size=64)[:len(texts)]
     alone = np.concatenate([fast.predict_proba([t]) for t in texts])
     # Per-token scales: only float summation order can differ (per-batch scales moved these by ~1e-3).
     np.testing.assert_allclose(batched, alone, atol=1e-5)
+
+
+def test_auto_runtime_order(int8_model, monkeypatch):
+    """int8 first where it is exact; bf16 first for folders holding the older 8-bit file."""
+    import stance.model as model_module
+    folder = int8_model[0]
+    meta = json.loads((folder / "stance.json").read_text())
+    meta["fast_path"] = {"enabled": True, "file": "onnx/model.int8.onnx", "method": "per-token int8"}
+    meta["bf16"] = {"enabled": True}
+    (folder / "stance.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(model_module, "cpu_has_bf16", lambda: True)
+    assert StanceClassifier.load(folder).runtime == "onnx-int8"
+    monkeypatch.setattr(model_module, "cpu_int8_exact", lambda: False)     # x86 without VNNI
+    assert StanceClassifier.load(folder).runtime == "torch-cpu-bf16"
+    assert StanceClassifier.load(folder, runtime="onnx").runtime == "onnx-int8"   # forcing still works
+    monkeypatch.setattr(model_module, "cpu_int8_exact", lambda: True)
+    del meta["fast_path"]["method"]                                        # built before the rewrite
+    (folder / "stance.json").write_text(json.dumps(meta))
+    assert StanceClassifier.load(folder).runtime == "torch-cpu-bf16"
+    monkeypatch.setattr(model_module, "cpu_has_bf16", lambda: False)
+    assert StanceClassifier.load(folder).runtime == "onnx-int8"
 
 
 def test_bf16_is_checked_recorded_and_used_without_int8(fast_model, tmp_path):

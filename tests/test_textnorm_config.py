@@ -11,6 +11,23 @@ def test_emoji_become_words_and_links_mentions_are_normalised():
     assert out == "flag for United States muscle finally @user http at 10:30"
 
 
+def test_emoji_shortcut_gives_what_demojize_gives(monkeypatch):
+    """Posts with no emoji character skip emoji.demojize; the output must not change."""
+    import stance.textnorm as textnorm
+    posts = ["plain text 123 #tag *x* ¿Señor ñandú?", "keycaps 1\ufe0f\u20e3 #\ufe0f\u20e3", "\u00a92025 \u2122 \u2139 info",
+             "flags \U0001F1F2\U0001F1FD\U0001F1FA\U0001F1F8", "stray a\ufe0eb selector", "private \ue000x_y\ue001 use",
+             "family \U0001F468\u200d\U0001F469\u200d\U0001F467", "no \u2764 vs \u2764\ufe0f"]
+    norm = Normalizer(emoji_to_text=True)
+    fast = [norm(p) for p in posts]
+
+    class Everything:
+        def isdisjoint(self, text):
+            return False
+    monkeypatch.setattr(textnorm, "_EMOJI_CHARS", Everything())
+    assert [norm(p) for p in posts] == fast
+    assert fast[0] == posts[0] and "mexico" in fast[3].lower()
+
+
 def test_normalizer_round_trips_through_dict():
     n = Normalizer(emoji_to_text=False)
     assert Normalizer.from_dict(n.to_dict()) == n
