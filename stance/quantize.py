@@ -123,8 +123,7 @@ def smooth_and_quantize(model, batches: Sequence[Tuple[np.ndarray, np.ndarray]],
     """Per-token int8 with the SmoothQuant strength that best reproduces fp32 logits on `batches`.
 
     SmoothQuant's paper finds the best strength differs by model; each candidate is scored on the
-    calibration posts themselves, which needs no labels (MiniLM and multilingual-e5 both pick 0.6,
-    which keeps 99.75% and 99.92% of their fp32 labels on dev and test, against 99.59% and 99.75% at 0.5).
+    calibration posts themselves, which needs no labels (choices and their effect: docs/performance.md).
     Returns (quantised model, alpha, mean squared logit error).
     """
     import onnx
