@@ -21,7 +21,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import StanceError
-from .quantize import PER_TOKEN_INT8, session
+from . import quantize
 
 log = logging.getLogger("stance.onnx")
 ONNX_DIR = "onnx"
@@ -46,7 +46,6 @@ def export_int8(folder: Path, calibration_texts: Sequence[str], max_length: int 
     """
     import onnx
 
-    from . import quantize
     config = json.loads((folder / "config.json").read_text())
     tokenizer = _tokenizer(folder)
     pad_id = _pad_id(config)
@@ -65,7 +64,7 @@ def export_int8(folder: Path, calibration_texts: Sequence[str], max_length: int 
                                             config["num_hidden_layers"])
         except Exception as exc:      # fusion is a speed-up; the plain graph quantises the same way
             log.warning("attention fusion failed (%s): keeping the unfused graph", exc)
-        info = {"method": PER_TOKEN_INT8, "attention_fused": model is not None, "cls_only_last_layer": False}
+        info = {"method": quantize.PER_TOKEN_INT8, "attention_fused": model is not None, "cls_only_last_layer": False}
         if model is None:
             model = onnx.load(str(fp32))
         # First, so SmoothQuant is tuned on the graph that ships and its copies stay small.
@@ -104,14 +103,13 @@ def _try_cls_only(model, probe: Tuple[np.ndarray, np.ndarray]) -> bool:
     """Apply the [CLS]-only last layer, and undo it unless logits stay the same on a real batch."""
     import onnx
 
-    from . import quantize
     before = onnx.ModelProto()
     before.CopyFrom(model)
     if not quantize.last_layer_cls_only(model):
         return False
     feeds = {"input_ids": probe[0], "attention_mask": probe[1]}
     try:
-        ref, new = (session(m).run(["logits"], feeds)[0] for m in (before, model))
+        ref, new = (quantize.session(m).run(["logits"], feeds)[0] for m in (before, model))
         same = np.allclose(ref, new, atol=1e-4, rtol=1e-4)
     except Exception as exc:        # e.g. a head that reshapes every position: the surgery does not apply
         log.info("the [CLS]-only last layer does not run (%s)", exc)
@@ -179,7 +177,7 @@ class OnnxEngine:
     def __init__(self, folder: Path, meta, threads: Optional[int] = None):
         path = folder / ONNX_DIR / INT8_FILE
         try:
-            self.session = session(str(path), threads)
+            self.session = quantize.session(str(path), threads)
             self.tokenizer = _tokenizer(folder)
             self.pad_id = _pad_id(json.loads((folder / "config.json").read_text()))
         except Exception as exc:
