@@ -20,8 +20,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import StanceError
 from . import quantize
+from .errors import StanceError
 
 log = logging.getLogger("stance.onnx")
 ONNX_DIR = "onnx"
@@ -70,7 +70,7 @@ def export_int8(folder: Path, calibration_texts: Sequence[str], max_length: int 
         # First, so SmoothQuant is tuned on the graph that ships and its copies stay small.
         _quantize_embedding_tables(model)
         if info["attention_fused"]:
-            # A random sample of posts: mixed lengths, so padding is part of the check.
+            # Posts in sample order, not sorted by length: mixed lengths, so padding is part of the check.
             info["cls_only_last_layer"] = _try_cls_only(model, _batches(tokenizer, texts[:32], max_length, pad_id,
                                                                         batch_size=32)[0])
         model, info["smoothquant_alpha"], _ = quantize.smooth_and_quantize(model, calibration)
