@@ -52,7 +52,7 @@ def main():
     from stance import StanceClassifier
     from stance.data import load_labelled
     from stance.metrics import compute_metrics
-    from stance.model import cpu_has_bf16
+    from stance.hardware import detect
 
     texts = posts(args.n)
     fast = StanceClassifier.load(args.model)
@@ -77,7 +77,7 @@ def main():
         # The other fast path, for comparison, where it passed its check.
         if fast.runtime != "onnx-int8" and fast.meta.fast_path.get("enabled"):
             paths.append(("stance score --runtime onnx", ["--runtime", "onnx"]))
-        if fast.runtime != "torch-cpu-bf16" and fast.meta.bf16.get("enabled") and cpu_has_bf16():
+        if fast.runtime != "torch-cpu-bf16" and fast.meta.bf16.get("enabled") and detect().bf16:
             paths.append(("stance score --runtime bf16", ["--runtime", "bf16"]))
         for name, extra in (*paths, ("stance score", [])):
             out = tmp / f"out_{len(results)}.csv"

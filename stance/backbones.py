@@ -5,7 +5,6 @@ Face folder or one unpacked from an installed package into a local cache.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -107,17 +106,3 @@ def resolve_backbone(name: str) -> Path:
     near = suggestion(name, [*BACKBONES, TFIDF])
     raise StanceError(f"unknown backbone '{name}'",
                       hint=(near + " " if near else "") + f"use one of {', '.join([*BACKBONES, TFIDF])} or a local model folder")
-
-
-def folder_digest(path: Path, names=("config.json", "model.safetensors", "tokenizer.json", "stance.json",
-                                     "tfidf.json", "tfidf.safetensors")) -> str:
-    """A checksum of the files that decide a model's outputs (for resume safety)."""
-    h = hashlib.sha256()
-    for name in names:
-        f = path / name
-        if f.exists():
-            h.update(name.encode())
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-    return h.hexdigest()

@@ -61,7 +61,7 @@ def score(
     on_bad_lines: str = typer.Option("error", "--on-bad-lines", help="error (stop) or skip (count and report) malformed rows."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the model (default: all cores)."),
     runtime: str = typer.Option("auto", "--runtime",
-                                help="auto (on CPU: the model's checked int8 ONNX version where int8 is exact (x86 with VNNI, or ARM), else bf16 where the CPU has it natively and the model passed its bf16 check, else fp32 PyTorch; a GPU through PyTorch), torch (fp32), onnx (int8) or bf16."),
+                                help="auto (on CPU: the model's int8 ONNX file where it passed its check and int8 products are exact on this CPU, re-checked when the check ran on another kind of CPU; else bf16 where the CPU has it natively and the model passed its bf16 check; else fp32 PyTorch; a GPU through PyTorch), torch (fp32), onnx (int8) or bf16. The choice and its reason are printed."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, only the summary."),
 ):
     """Score posts from exports; adds stance, confidence, p_<label> and stance_note columns."""
@@ -69,7 +69,7 @@ def score(
     from .model import StanceClassifier
     from .scoring import ScoreOptions, score_files
     clf = StanceClassifier.load(model, threads=threads, runtime=runtime)
-    logging.getLogger("stance.score").info("model %s, runtime %s", model, clf.runtime)
+    logging.getLogger("stance.score").info("model %s, runtime %s: %s", model, clf.runtime, clf.runtime_reason)
     opts = ScoreOptions(text_column=text_column, id_column=id_column, batch_size=batch_size, chunk_size=chunk_size,
                         input_format=input_format, output_format=fmt, min_confidence=min_confidence,
                         resume=resume, excel_safe=excel_safe, encoding=encoding, on_bad_lines=on_bad_lines,

@@ -9,7 +9,7 @@ import numpy as np
 from .data import LabelledData, load_label_map, load_labelled
 from .errors import StanceError
 from .metrics import (bootstrap_ci, compute_metrics, coverage_curve, expected_calibration_error,
-                      paired_bootstrap, reliability_bins)
+                      paired_bootstrap, reliability_bins, slice_metrics)
 from .model import StanceClassifier
 
 SCHEMA_VERSION = 1
@@ -33,20 +33,6 @@ def _load_all(paths: Sequence[str], text_column: str, label_column: str, labels:
     return merged
 
 
-def _slice_metrics(gold: np.ndarray, pred: np.ndarray, values: List[object], labels) -> Dict[str, Dict]:
-    values = np.array(["(missing)" if v in (None, "") else str(v).lower() for v in values])
-    out = {}
-    for v in sorted(set(values)):
-        keep = values == v
-        # Macro-F1 over the labels that occur in this slice's gold: a slice with no `question`
-        # posts should not be scored as if it failed on them.
-        present = [l for l in labels if l in set(gold[keep])]
-        m = compute_metrics(list(gold[keep]), list(pred[keep]), present)
-        out[v] = {"n": m["n"], "macro_f1": m["macro_f1"], "f_avg": m["f_avg"], "accuracy": m["accuracy"],
-                  "per_class_f1": {l: (m["per_class"][l]["f1"] if l in present else None) for l in labels}}
-    return out
-
-
 def evaluate_model(clf: StanceClassifier, data: LabelledData, n_boot: int = 1000) -> Dict:
     labels = clf.labels
     probs = clf.predict_proba(data.texts)
@@ -57,7 +43,7 @@ def evaluate_model(clf: StanceClassifier, data: LabelledData, n_boot: int = 1000
     m = compute_metrics(list(gold), list(pred), labels, probs)
     m["runtime"] = clf.runtime
     m["ci"] = bootstrap_ci(gold_ids, pred_ids, len(labels), n_boot=n_boot)
-    m["slices"] = {col: _slice_metrics(gold, pred, vals, labels)
+    m["slices"] = {col: slice_metrics(gold, pred, vals, labels)
                    for col, vals in data.columns.items() if col in ("lang", "platform", "hard", "file")
                    and len(set(map(str, vals))) > 1}
     m["calibration"] = {

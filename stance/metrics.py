@@ -45,6 +45,21 @@ def compute_metrics(gold: Sequence[str], pred: Sequence[str], labels: Sequence[s
     return out
 
 
+def slice_metrics(gold: np.ndarray, pred: np.ndarray, values: Sequence[object], labels) -> Dict[str, Dict]:
+    """Metrics per value of a column (language, platform, file...): one dict per value."""
+    values = np.array(["(missing)" if v in (None, "") else str(v).lower() for v in values])
+    out = {}
+    for v in sorted(set(values)):
+        keep = values == v
+        # Macro-F1 over the labels that occur in this slice's gold: a slice with no `question`
+        # posts should not be scored as if it failed on them.
+        present = [l for l in labels if l in set(gold[keep])]
+        m = compute_metrics(list(gold[keep]), list(pred[keep]), present)
+        out[v] = {"n": m["n"], "macro_f1": m["macro_f1"], "f_avg": m["f_avg"], "accuracy": m["accuracy"],
+                  "per_class_f1": {l: (m["per_class"][l]["f1"] if l in present else None) for l in labels}}
+    return out
+
+
 # A faster numeric path (int8, bf16) replaces fp32 only if it keeps this close on labelled posts.
 MIN_AGREEMENT = 0.99
 MAX_F1_DROP = 0.005

@@ -6,7 +6,10 @@ one scale per row, that is per token. Per-token scales keep a post's result
 independent of the posts batched with it (ONNX Runtime's own dynamic
 quantisation uses one scale per batch, so a label could change with its
 neighbours), and the int32 accumulation is exact, so results are deterministic.
-The product runs on ONNX Runtime's VNNI int8 kernels (``MatMulIntegerToFloat``).
+The product runs on ONNX Runtime's int8 kernels (``MatMulIntegerToFloat``): uint8
+activations times int8 weights where that is exact (VNNI x86, ARM), times the same
+weights stored as uint8 on x86 CPUs without VNNI (`int8_form`), so one file gives
+the same integers on every CPU.
 
 Two more steps keep accuracy and add speed:
 - SmoothQuant (Xiao et al., 2023): a few hidden channels of BERT-style encoders
@@ -21,6 +24,7 @@ Two more steps keep accuracy and add speed:
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -32,6 +36,7 @@ SMOOTH_ALPHAS = (0.5, 0.6, 0.7)     # SmoothQuant strengths tried per model (0.3
 # ONNX Runtime's CPU SkipLayerNormalization kernel takes 2.8 ms where Add + Add + LayerNormalization take
 # 0.5 ms (2,880 tokens x 384, 2 threads), so sessions must not fuse them.
 SLOW_FUSIONS = ["SkipLayerNormFusion"]
+UNSIGNED_ZERO_POINT = "pt_weight_zero_point"
 
 
 def fuse_attention(path: str, num_heads: int, hidden_size: int, num_layers: int):
@@ -145,23 +150,116 @@ def smooth_and_quantize(model, batches: Sequence[Tuple[np.ndarray, np.ndarray]],
 
 
 def session(model, threads: Optional[int] = None, extra_outputs: Sequence[str] = ()):
-    """An ONNX Runtime CPU session on a file or an in-memory model, optionally exposing inner tensors."""
+    """An ONNX Runtime CPU session on a file or an in-memory model, optionally exposing inner tensors.
+
+    Int8 products run in the form that is exact on this CPU (see `int8_form`).
+    """
     import os
 
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    if extra_outputs:
-        probe = onnx.ModelProto()
-        probe.CopyFrom(model)
-        probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in extra_outputs)
-        model = probe
+    form = int8_form()
+    if extra_outputs or (form == "u8u8" and _has_int8_products(model)):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(onnx.load(model) if isinstance(model, str) else model)
+        copy.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in extra_outputs)
+        if form == "u8u8":
+            to_unsigned_weights(copy)
+        model = copy
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or os.cpu_count() or 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     source = model if isinstance(model, str) else model.SerializeToString()
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"], disabled_optimizers=SLOW_FUSIONS)
+
+
+def _has_int8_products(model) -> bool:
+    if not isinstance(model, str):
+        return any(n.op_type == "MatMulIntegerToFloat" for n in model.graph.node)
+    return True     # a file: only int8 files are opened from disk
+
+
+@functools.lru_cache(maxsize=None)
+def int8_form() -> Optional[str]:
+    """How this CPU computes int8 products exactly: "u8s8", "u8u8", or None where neither is exact.
+
+    Graphs are built with uint8 activations times int8 weights (VNNI's native form). x86 CPUs
+    without VNNI add pairs of u8 x s8 products into int16, which saturates (2 x 255 x 127 > 32767);
+    their u8 x u8 kernels widen to 16 bits first and accumulate in int32, which is exact. The
+    answer comes from running both forms on this machine's kernels, not from CPU flags, so it
+    holds on any CPU and operating system ONNX Runtime supports.
+    """
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    for form in ("u8s8", "u8u8"):
+        try:
+            if _product_is_exact(form):
+                return form
+        except Exception as exc:      # a kernel missing on this CPU: try the next form
+            log.info("int8 form %s does not run here (%s)", form, exc)
+    return None
+
+
+def _product_is_exact(form: str) -> bool:
+    """Run one worst-case int8 product (full-range activations and weights) and compare with integer math."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    m, k, n = 48, 256, 64
+    a = rng.integers(-127, 128, size=(m, k))
+    a[:8] = 127                                 # rows of maximal activations: the pairs that saturate
+    w = rng.integers(-127, 128, size=(k, n))
+    w[:, :8] = 127
+    inputs = [numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+              numpy_helper.from_array(np.ones(n, np.float32), "w_scale"),
+              numpy_helper.from_array(np.array(128, np.uint8), "a_zero")]
+    names = ["a", "w", "one", "w_scale", "a_zero"]
+    if form == "u8u8":
+        inputs.append(numpy_helper.from_array((w + 128).astype(np.uint8), "w"))
+        inputs.append(numpy_helper.from_array(np.array(128, np.uint8), "w_zero"))
+        names.append("w_zero")
+    else:
+        inputs.append(numpy_helper.from_array(w.astype(np.int8), "w"))
+    graph = helper.make_graph(
+        [helper.make_node("MatMulIntegerToFloat", names, ["y"], domain="com.microsoft")], "probe",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])], inputs)
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    got = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(
+        None, {"a": (a + 128).astype(np.uint8)})[0]
+    return bool(np.array_equal(got, (a @ w).astype(np.float32)))
+
+
+def to_unsigned_weights(model) -> int:
+    """Store every int8 weight of the per-token products as uint8 with zero point 128 (in place).
+
+    (w + 128) - 128 = w, so results are the same integers; only the kernel differs. Returns how
+    many products were changed.
+    """
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "MatMulIntegerToFloat" or len(node.input) > 5:
+            continue
+        w = inits.get(node.input[1])
+        if w is None or numpy_helper.to_array(w).dtype != np.int8:
+            continue
+        unsigned = (numpy_helper.to_array(w).astype(np.int16) + 128).astype(np.uint8)
+        w.CopyFrom(numpy_helper.from_array(unsigned, w.name))
+        node.input.append(UNSIGNED_ZERO_POINT)
+        changed += 1
+    if changed and UNSIGNED_ZERO_POINT not in inits:
+        model.graph.initializer.append(numpy_helper.from_array(np.array(128, np.uint8), UNSIGNED_ZERO_POINT))
+    return changed
 
 
 def quantize_per_token(model, ranges: Optional[Dict[str, np.ndarray]] = None, alpha: float = 0.5) -> int:

@@ -8,7 +8,6 @@ duplicated rows.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -21,57 +20,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-
-from .backbones import folder_digest
 from .errors import StanceError
+from .folder import file_sha256, folder_digest
 from .io import TableReader, TableWriter, detect_format, excel_safe
-from .metrics import softmax
 from .progress import Progress
 
 log = logging.getLogger("stance.score")
 CHECKPOINT_VERSION = 1
-
-
-def score_records(clf, records: List[Dict], text_column: str, min_confidence: Optional[float] = None,
-                  batch_size: int = 64) -> Tuple[List[Dict], Counter]:
-    """Score one batch of row dicts; returns new dicts (input keys first) and counts of notes."""
-    threshold = clf.meta.min_confidence if min_confidence is None else min_confidence
-    notes: Counter = Counter()
-    todo, texts, no_text = [], [], {}      # no_text: row -> why it gets no label
-    for i, rec in enumerate(records):
-        value = rec.get(text_column)
-        if value is None or (isinstance(value, float) and value != value):
-            no_text[i] = "missing_text"
-        elif not str(value).strip():
-            no_text[i] = "empty_text"
-        else:
-            todo.append(i)
-            texts.append(str(value))
-    notes.update(no_text.values())
-    probs = np.zeros((len(texts), len(clf.labels)), dtype=np.float32)
-    if texts:
-        logits, truncated = clf.logits(texts, batch_size=batch_size)
-        probs = softmax(logits, clf.meta.temperature)
-        notes["truncated"] += int(truncated.sum())
-    out = []
-    row_probs = dict(zip(todo, probs))
-    for i, rec in enumerate(records):
-        new = dict(rec)
-        p = row_probs.get(i)
-        if p is None:
-            new.update({"stance": "", "confidence": None, **{f"p_{l}": None for l in clf.labels},
-                        "stance_note": no_text[i]})
-        else:
-            top = int(p.argmax())
-            conf = float(p[top])
-            uncertain = conf < threshold
-            notes["uncertain"] += uncertain
-            new.update({"stance": clf.labels[top], "confidence": round(conf, 4),
-                        **{f"p_{l}": round(float(v), 4) for l, v in zip(clf.labels, p)},
-                        "stance_note": "uncertain" if uncertain else ""})
-        out.append(new)
-    return out, notes
 
 
 @dataclass
@@ -122,14 +77,6 @@ class ScoreSummary:
         return "\n".join(lines)
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _count_rows(path: str, fmt: str) -> Optional[int]:
     """Approximate row count for progress (lines; exact unless fields hold newlines)."""
     if path == "-" or path.endswith(".gz"):
@@ -173,8 +120,9 @@ class _Output:
         os.replace(tmp, self.ckpt)
 
 
-def score_files(inputs: Sequence[str], output: str, clf, options: ScoreOptions = ScoreOptions()) -> ScoreSummary:
-    """Score every row of ``inputs`` into ``output``; see the module docstring."""
+def score_files(inputs: Sequence[str], output: str, clf, options: Optional[ScoreOptions] = None) -> ScoreSummary:
+    """Score every row of ``inputs`` into ``output`` with a `StanceClassifier`; see the module docstring."""
+    options = options or ScoreOptions()
     if not inputs:
         raise StanceError("no input files given")
     out_fmt = options.output_format or (detect_format(output) if output != "-" else "csv")
@@ -202,7 +150,7 @@ def score_files(inputs: Sequence[str], output: str, clf, options: ScoreOptions =
 
     state = {
         "version": CHECKPOINT_VERSION,
-        "inputs": [{"path": os.path.abspath(p), "sha256": _sha256(p)} for p in inputs if p != "-"],
+        "inputs": [{"path": os.path.abspath(p), "sha256": file_sha256(p)} for p in inputs if p != "-"],
         "model": folder_digest(clf.folder),
         "options": {k: v for k, v in asdict(options).items() if k in ("text_column", "min_confidence",
                                                                        "excel_safe", "output_format")},
@@ -293,8 +241,8 @@ def _run(readers, out: _Output, clf, options: ScoreOptions, columns, state, summ
                     chunk = chunk[skip - seen:]
                     seen = skip
                 records = [r.values for r in chunk]
-                scored, notes = score_records(clf, records, options.text_column, options.min_confidence,
-                                              options.batch_size)
+                scored, notes = clf.score_records(records, options.text_column, options.min_confidence,
+                                                  options.batch_size)
                 if options.excel_safe:
                     scored = [{k: excel_safe(v) for k, v in rec.items()} for rec in scored]
                 if out.format == "parquet" and not out.stdout:

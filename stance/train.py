@@ -12,7 +12,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -24,8 +24,10 @@ from .card import write_model_card
 from .config import RunConfig
 from .data import LabelledData, load_labelled
 from .errors import StanceError
-from .metrics import compute_metrics, coverage_curve, fit_temperature, softmax
-from .model import ModelMeta, StanceClassifier, TransformerEngine, cpu_has_bf16, pick_device
+from .engines import TfidfEngine, TransformerEngine
+from .folder import ModelMeta
+from .hardware import detect, pick_device
+from .metrics import compute_metrics, coverage_curve, fit_temperature, slice_metrics, softmax
 from .textnorm import Normalizer
 
 log = logging.getLogger("stance.train")
@@ -65,7 +67,11 @@ def _load_splits(cfg: RunConfig) -> Dict[str, LabelledData]:
 
 
 def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
-    """Train the model `cfg` describes and write its folder to `cfg.output_dir`."""
+    """Train the model `cfg` describes and write its folder to `cfg.output_dir`.
+
+    Steps return their results; `stance.json`, `metrics.json`, `config.yaml` and the card are
+    written once, at the end, into a temporary folder that then replaces the output.
+    """
     t0 = time.time()
     out = Path(cfg.output_dir)
     if out.exists() and not (out / "stance.json").exists() and any(out.iterdir()):
@@ -78,10 +84,11 @@ def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
     torch.set_num_threads(threads)
     set_seed(cfg.training.seed)
     labels = list(cfg.data.labels)
+    label2id = {label: i for i, label in enumerate(labels)}
     normalizer = Normalizer(urls=cfg.model.normalize_urls, mentions=cfg.model.normalize_mentions,
                             emoji_to_text=cfg.model.emoji_to_text)
     texts = {k: [normalizer(t) for t in v.texts] for k, v in splits.items()}
-    ids = {k: np.array([labels.index(l) for l in v.labels]) for k, v in splits.items()}
+    ids = {k: np.array([label2id[l] for l in v.labels]) for k, v in splits.items()}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -99,26 +106,35 @@ def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
                            max_features=cfg.training.tfidf_max_features,
                            class_weight="balanced" if cfg.training.class_weighting == "balanced" else None,
                            seed=cfg.training.seed).save(tmp)
+            engine = TfidfEngine(tmp, meta)
         else:
             history = _fine_tune(cfg, backbone_dir, labels, texts, ids, tmp, progress)
-        meta.write(tmp)
-        clf = StanceClassifier.load(tmp, device=cfg.training.device)
-        metrics, fp32_logits = _calibrate_and_evaluate(clf, meta, splits, tmp)
+            engine = TransformerEngine(tmp, meta, device=cfg.training.device)
+        logits = {name: engine.logits(texts[name])[0] for name in ("dev", "test") if name in splits}
+        calibration = _calibrate(logits.get("dev"), ids.get("dev"))
+        meta = replace(meta, temperature=calibration.get("temperature", 1.0),
+                       min_confidence=calibration.get("min_confidence", 0.0))
+        metrics: Dict = {"calibration": calibration} if calibration else {}
+        metrics.update(_evaluate(splits, logits, meta))
         if meta.engine == "transformer" and cfg.model.fast_path:
-            for key, step, verb in (("fast_path", _build_fast_path, "build"), ("bf16", _check_bf16, "check")):
+            checks = {"fast_path": lambda: _build_fast_path(tmp, meta, texts, splits, logits),
+                      "bf16": lambda: _check_bf16(tmp, meta, texts, splits, logits)}
+            for key, step in checks.items():
                 try:
-                    metrics[key] = step(clf, meta, splits, fp32_logits, tmp)
+                    metrics[key] = step()
                 except Exception as exc:   # an optional speed-up must never cost the trained model
-                    log.warning("could not %s the %s scoring path (%s); scoring will not use it", verb, key, exc)
-                    metrics[key] = {"enabled": False, "reason": f"{verb} failed: {exc}"}
-                    setattr(meta, key, metrics[key])
-                    meta.write(tmp)
+                    log.warning("could not build or check the %s scoring path (%s); scoring will not use it",
+                                key, exc)
+                    metrics[key] = {"enabled": False, "reason": f"failed: {exc}"}
+            meta = replace(meta, fast_path=metrics["fast_path"], bf16=metrics["bf16"])
         metrics.update({"backbone": cfg.model.backbone, "train_examples": len(texts["train"]),
                         "train_seconds": round(time.time() - t0, 1), "history": history,
                         "stance_version": __version__})
+        meta.write(tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
         cfg.save(tmp / "config.yaml")
         write_model_card(tmp, cfg, metrics)
+        ModelMeta.read(tmp)          # the folder as written must load
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -245,8 +261,8 @@ def _fine_tune(cfg: RunConfig, backbone_dir: Path, labels, texts, ids, tmp: Path
     return history
 
 
-def _build_fast_path(clf: StanceClassifier, meta: ModelMeta, splits: Dict[str, LabelledData],
-                     fp32_logits: Dict[str, np.ndarray], folder: Path) -> Dict:
+def _build_fast_path(folder: Path, meta: ModelMeta, texts: Dict[str, List[str]], splits: Dict[str, LabelledData],
+                     fp32_logits: Dict[str, np.ndarray]) -> Dict:
     """Export the int8 ONNX model and keep it only if it matches fp32 closely on dev + test."""
     from . import onnx_runtime
     if not onnx_runtime.available():
@@ -254,8 +270,8 @@ def _build_fast_path(clf: StanceClassifier, meta: ModelMeta, splits: Dict[str, L
         return {"enabled": False, "reason": "onnxruntime not installed"}
     t0 = time.time()
     try:
-        built = onnx_runtime.export_int8(folder, [clf.normalizer(t) for t in splits["train"].texts], meta.max_length)
-        check = {**onnx_runtime.validate_int8(folder, meta, *_check_set(clf, splits, fp32_logits)), **built}
+        built = onnx_runtime.export_int8(folder, texts["train"], meta.max_length)
+        check = {**onnx_runtime.validate_int8(folder, meta, *_check_set(texts, splits, fp32_logits)), **built}
     except Exception:
         shutil.rmtree(folder / onnx_runtime.ONNX_DIR, ignore_errors=True)   # no half-built fast path left behind
         raise
@@ -263,24 +279,19 @@ def _build_fast_path(clf: StanceClassifier, meta: ModelMeta, splits: Dict[str, L
     if not check["enabled"]:
         shutil.rmtree(folder / onnx_runtime.ONNX_DIR, ignore_errors=True)
     _log_check("int8 fast path", check)
-    meta.fast_path = check
-    meta.write(folder)
     return check
 
 
-def _check_bf16(clf: StanceClassifier, meta: ModelMeta, splits: Dict[str, LabelledData],
-                fp32_logits: Dict[str, np.ndarray], folder: Path) -> Dict:
+def _check_bf16(folder: Path, meta: ModelMeta, texts: Dict[str, List[str]], splits: Dict[str, LabelledData],
+                fp32_logits: Dict[str, np.ndarray]) -> Dict:
     """Score dev + test with bfloat16 weights on this CPU; enable bf16 scoring only if it matches fp32."""
     from .metrics import compare_with_fp32
-    if not cpu_has_bf16():
-        check = {"enabled": False, "reason": "this CPU has no native bfloat16 (AVX-512 BF16 or AMX)"}
-    else:
-        texts, gold, fp32 = _check_set(clf, splits, fp32_logits)
-        bf16_logits, _ = TransformerEngine(folder, meta, device="cpu", bf16=True).logits(texts)
-        check = compare_with_fp32(bf16_logits, fp32, gold, meta.labels)
-        _log_check("bfloat16", check)
-    meta.bf16 = check
-    meta.write(folder)
+    if not detect().bf16:
+        return {"enabled": False, "reason": "this CPU has no native bfloat16 (AVX-512 BF16 or AMX)"}
+    check_texts, gold, fp32 = _check_set(texts, splits, fp32_logits)
+    bf16_logits, _ = TransformerEngine(folder, meta, device="cpu", bf16=True).logits(check_texts)
+    check = compare_with_fp32(bf16_logits, fp32, gold, meta.labels)
+    _log_check("bfloat16", check)
     return check
 
 
@@ -290,44 +301,32 @@ def _log_check(name: str, check: Dict) -> None:
              "enabled" if check["enabled"] else "disabled")
 
 
-def _check_set(clf: StanceClassifier, splits: Dict[str, LabelledData], fp32_logits: Dict[str, np.ndarray]):
+def _check_set(texts: Dict[str, List[str]], splits: Dict[str, LabelledData], fp32_logits: Dict[str, np.ndarray]):
     """Normalised dev + test texts, their gold labels and fp32 logits (computed once, by the evaluation)."""
     names = [n for n in ("dev", "test") if n in splits]
-    texts = [clf.normalizer(t) for n in names for t in splits[n].texts]
-    gold = [l for n in names for l in splits[n].labels]
-    return texts, gold, np.concatenate([fp32_logits[n] for n in names])
+    return ([t for n in names for t in texts[n]], [l for n in names for l in splits[n].labels],
+            np.concatenate([fp32_logits[n] for n in names]))
 
 
-def _calibrate_and_evaluate(clf: StanceClassifier, meta: ModelMeta, splits: Dict[str, LabelledData],
-                            folder: Path) -> Tuple[Dict, Dict[str, np.ndarray]]:
-    """Fit the temperature and confidence threshold on dev; report dev and test metrics (and their logits)."""
-    labels = meta.labels
-    metrics: Dict = {}
-    logits = {}
-    for name in ("dev", "test"):
-        if name in splits:
-            logits[name], _ = clf.logits(splits[name].texts)
-    if "dev" in logits:
-        gold = np.array([labels.index(l) for l in splits["dev"].labels])
-        meta.temperature = round(fit_temperature(logits["dev"], gold), 4)
-        curve = coverage_curve(softmax(logits["dev"], meta.temperature), gold)
-        meta.min_confidence = curve["threshold"] or 0.0
-        metrics["calibration"] = {"temperature": meta.temperature, "min_confidence": meta.min_confidence,
-                                  "dev_coverage_at_min_confidence": curve["coverage_at_threshold"]}
-        meta.write(folder)
-        clf.meta = meta
+def _calibrate(dev_logits: Optional[np.ndarray], dev_ids: Optional[np.ndarray]) -> Dict:
+    """Temperature and default confidence threshold fitted on dev (empty without a dev split)."""
+    if dev_logits is None:
+        return {}
+    temperature = round(fit_temperature(dev_logits, dev_ids), 4)
+    curve = coverage_curve(softmax(dev_logits, temperature), dev_ids)
+    return {"temperature": temperature, "min_confidence": curve["threshold"] or 0.0,
+            "dev_coverage_at_min_confidence": curve["coverage_at_threshold"]}
+
+
+def _evaluate(splits: Dict[str, LabelledData], logits: Dict[str, np.ndarray], meta: ModelMeta) -> Dict:
+    """Dev and test metrics with the fitted temperature, by language where the data says."""
+    metrics = {}
     for name, lg in logits.items():
         data = splits[name]
         probs = softmax(lg, meta.temperature)
-        pred = [labels[i] for i in probs.argmax(1)]
-        m = compute_metrics(data.labels, pred, labels, probs)
+        pred = [meta.labels[i] for i in probs.argmax(1)]
+        m = compute_metrics(data.labels, pred, meta.labels, probs)
         if "lang" in data.columns:
-            m["by_lang"] = {}
-            langs = np.array([str(x) for x in data.columns["lang"]])
-            for lang in sorted(set(langs)):
-                keep = langs == lang
-                m["by_lang"][lang] = {k: v for k, v in compute_metrics(
-                    list(np.array(data.labels)[keep]), list(np.array(pred)[keep]), labels).items()
-                    if k in ("n", "macro_f1", "f_avg", "accuracy")}
+            m["by_lang"] = slice_metrics(np.array(data.labels), np.array(pred), data.columns["lang"], meta.labels)
         metrics[name] = m
-    return metrics, logits
+    return metrics

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import POSTS, train_model
 from stance import StanceClassifier
-from stance.model import cpu_has_bf16
+from stance.hardware import Hardware, detect
 
 pytest.importorskip("onnxruntime")
 
@@ -87,32 +87,62 @@ def test_int8_labels_do_not_depend_on_batch_neighbours(int8_model):
     np.testing.assert_allclose(batched, alone, atol=1e-5)
 
 
-def test_auto_runtime_order(int8_model, monkeypatch):
-    """int8 first where it is exact; bf16 first for folders holding the older 8-bit file."""
-    import stance.model as model_module
-    folder = int8_model[0]
+def _enable_int8(folder, **fast_path):
+    """Mark the folder's int8 file as checked, with the given check facts."""
     meta = json.loads((folder / "stance.json").read_text())
-    meta["fast_path"] = {"enabled": True, "file": "onnx/model.int8.onnx", "method": "per-token int8"}
-    meta["bf16"] = {"enabled": True}
+    meta["fast_path"] = {"enabled": True, "file": "onnx/model.int8.onnx", "method": "per-token int8", **fast_path}
     (folder / "stance.json").write_text(json.dumps(meta))
-    monkeypatch.setattr(model_module, "cpu_has_bf16", lambda: True)
-    assert StanceClassifier.load(folder).runtime == "onnx-int8"
-    monkeypatch.setattr(model_module, "cpu_int8_exact", lambda: False)     # x86 without VNNI
-    assert StanceClassifier.load(folder).runtime == "torch-cpu-bf16"
-    assert StanceClassifier.load(folder, runtime="onnx").runtime == "onnx-int8"   # forcing still works
-    monkeypatch.setattr(model_module, "cpu_int8_exact", lambda: True)
-    del meta["fast_path"]["method"]                                        # built before the rewrite
-    (folder / "stance.json").write_text(json.dumps(meta))
-    assert StanceClassifier.load(folder).runtime == "torch-cpu-bf16"
-    monkeypatch.setattr(model_module, "cpu_has_bf16", lambda: False)
-    assert StanceClassifier.load(folder).runtime == "onnx-int8"
+
+
+def test_load_follows_the_hardware_it_is_given(int8_model):
+    """Hardware facts fully described, not read from this machine: the loader obeys the runtime table."""
+    folder = int8_model[0]
+    here = detect()
+    _enable_int8(folder, cpu=here.signature())
+    exact = Hardware(machine=here.machine, flags=here.flags, int8_form=here.int8_form, bf16=False)
+    clf = StanceClassifier.load(folder, hardware=exact)
+    assert clf.runtime == "onnx-int8" and "checked on this kind of CPU" in clf.runtime_reason
+    inexact = Hardware(machine=here.machine, flags=here.flags, int8_form=None, bf16=False)
+    clf = StanceClassifier.load(folder, hardware=inexact)
+    assert clf.runtime == "torch-cpu" and "no int8 product exactly" in clf.runtime_reason
+    assert StanceClassifier.load(folder, hardware=inexact, runtime="onnx").runtime == "onnx-int8"  # forcing works
+
+
+def test_int8_check_is_redone_on_another_kind_of_cpu(int8_model):
+    """The training CPU's check is trusted only after the stored posts pass again on this CPU."""
+    from stance.folder import ModelMeta
+    from stance.onnx_runtime import CHECK_FILE, OnnxEngine, validate_int8
+
+    folder = int8_model[0]
+    meta = ModelMeta.read(folder)
+    texts = [t for t, _ in POSTS]
+    # The tiny random model's own int8 logits stand in for fp32, so its check passes by construction.
+    reference, _ = OnnxEngine(folder, meta).logits(texts)
+    check = validate_int8(folder, meta, texts, [l for _, l in POSTS], reference)
+    here = detect()
+    assert check["cpu"] == here.signature() and check["label_agreement"] == 1.0
+    assert (folder / "onnx" / CHECK_FILE).exists()
+    other_cpu = {"machine": "x86_64", "flags": ["avx2", "avx512_vnni", "avx512f"], "int8_form": "u8s8"}
+    _enable_int8(folder, cpu=other_cpu, label_agreement=check["label_agreement"])
+    clf = StanceClassifier.load(folder, hardware=here)
+    assert clf.runtime == "onnx-int8" and "re-checking here" in clf.runtime_reason
+    assert f"100.0% of {len(POSTS)} stored posts equal fp32" in clf.runtime_reason
+    # Stored fp32 labels the int8 file no longer reproduces: the re-check fails and fp32 takes over.
+    probe = json.loads((folder / "onnx" / CHECK_FILE).read_text())
+    probe["fp32_labels"] = [(label + 1) % 4 for label in probe["fp32_labels"]]
+    (folder / "onnx" / CHECK_FILE).write_text(json.dumps(probe))
+    clf = StanceClassifier.load(folder, hardware=here)
+    assert clf.runtime == "torch-cpu" and "re-check on this CPU failed" in clf.runtime_reason
+    (folder / "onnx" / CHECK_FILE).unlink()
+    clf = StanceClassifier.load(folder, hardware=here)
+    assert clf.runtime == "torch-cpu" and "no usable onnx/check.json" in clf.runtime_reason
 
 
 def test_bf16_is_checked_recorded_and_used_without_int8(fast_model, tmp_path):
     check = json.loads((fast_model / "stance.json").read_text())["bf16"]
     card = (fast_model / "README.md").read_text()
     assert "bfloat16 CPU scoring" in card
-    if not cpu_has_bf16():
+    if not detect().bf16:
         assert check["enabled"] is False and "reason" in check
         pytest.skip("this CPU has no native bfloat16")
     assert check["n"] == 2 * len(POSTS)
@@ -164,11 +194,11 @@ def test_failed_fast_paths_keep_the_trained_model(tiny_backbone, labelled_files,
     def broken(*args):
         raise RuntimeError("exporter exploded")
     monkeypatch.setattr(onnx_runtime, "export_int8", broken)
-    monkeypatch.setattr(train, "cpu_has_bf16", broken)
+    monkeypatch.setattr(train, "detect", broken)
     out = tmp_path / "m"
     train_model(tiny_backbone, labelled_files, out, **{"model.fast_path": "true"})
     meta = json.loads((out / "stance.json").read_text())
-    assert meta["fast_path"] == {"enabled": False, "reason": "build failed: exporter exploded"}
-    assert meta["bf16"] == {"enabled": False, "reason": "check failed: exporter exploded"}
+    assert meta["fast_path"] == {"enabled": False, "reason": "failed: exporter exploded"}
+    assert meta["bf16"] == {"enabled": False, "reason": "failed: exporter exploded"}
     assert not (out / "onnx").exists()
     assert StanceClassifier.load(out).runtime == "torch-cpu"

@@ -22,7 +22,8 @@ def linear_model(w: np.ndarray):
 
 
 def run(model, x: np.ndarray) -> np.ndarray:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    """Through the session helper the tool uses: int8 products in the form exact on this CPU."""
+    return quantize.session(model).run(None, {"x": x})[0]
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ def test_backbone_whose_attention_does_not_fuse_still_gets_int8(tiny_backbone, t
     from transformers import MPNetConfig, MPNetForSequenceClassification
 
     from conftest import POSTS
-    from stance.model import encode, length_sorted_batches
+    from stance.engines import encode, length_sorted_batches
     from stance.onnx_runtime import INT8_FILE, ONNX_DIR, _tokenizer, export_int8
 
     folder = tmp_path / "mpnet"
@@ -103,3 +104,26 @@ def test_backbone_whose_attention_does_not_fuse_still_gets_int8(tiny_backbone, t
     with torch.inference_mode():
         ref = model(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
     assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_this_cpu_has_an_exact_int8_form():
+    """The probe runs ONNX Runtime's real kernels here; u8 x u8 is exact on every CPU ORT supports."""
+    assert quantize._product_is_exact("u8u8")
+    assert quantize.int8_form() in ("u8s8", "u8u8")
+    if quantize.int8_form() == "u8u8":          # x86 without VNNI: the u8 x s8 kernel really saturates
+        assert not quantize._product_is_exact("u8s8")
+
+
+def test_unsigned_weights_give_the_same_integers(weights):
+    """(w + 128) with zero point 128 is the same product: identical outputs, whichever kernel runs."""
+    model = linear_model(weights)
+    quantize.quantize_per_token(model)
+    x = np.random.default_rng(4).normal(size=(2, 7, K)).astype(np.float32)
+    x[0, 0] = 50.0                                   # full-range activations: the case that saturates
+    unsigned = onnx.ModelProto()
+    unsigned.CopyFrom(model)
+    assert quantize.to_unsigned_weights(unsigned) == 1
+    assert quantize.to_unsigned_weights(unsigned) == 0     # idempotent: already unsigned
+    plain = ort.InferenceSession(unsigned.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(plain.run(None, {"x": x})[0], run(model, x))
+    assert np.abs(run(model, x) - x @ weights).max() < 0.02 * np.abs(x @ weights).max()

@@ -169,15 +169,14 @@ def test_resume_after_interrupt_and_torn_write(tmp_path, clf, monkeypatch):
     """Ctrl-C after two chunks, then bytes of a half-written chunk: resume loses and duplicates nothing."""
     src = export(tmp_path / "in.csv", 100)
     out = tmp_path / "out.csv"
-    import stance.scoring as scoring
-    real, calls = scoring.score_records, {"n": 0}
+    real, calls = clf.score_records, {"n": 0}
 
     def flaky(*a, **k):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
         return real(*a, **k)
-    monkeypatch.setattr(scoring, "score_records", flaky)
+    monkeypatch.setattr(clf, "score_records", flaky)
     with pytest.raises(KeyboardInterrupt):
         score_files([str(src)], str(out), clf, ScoreOptions(chunk_size=10))
     assert not out.exists()
@@ -185,7 +184,7 @@ def test_resume_after_interrupt_and_torn_write(tmp_path, clf, monkeypatch):
     assert ckpt["rows_done"] == 20
     with open(str(out) + ".partial", "ab") as fh:          # a kill in the middle of the next write
         fh.write(b"1020,@h20,half a row")
-    monkeypatch.setattr(scoring, "score_records", real)
+    monkeypatch.setattr(clf, "score_records", real)
     summary = score_files([str(src)], str(out), clf, ScoreOptions(chunk_size=10, resume=True))
     df = pd.read_csv(out, dtype=str)
     assert list(df["post_id"]) == [str(1000 + i) for i in range(100)]
@@ -222,12 +221,11 @@ def test_resume_after_kill_9(tmp_path, tfidf_model):
 def test_resume_refuses_changed_input(tmp_path, clf, monkeypatch):
     src = export(tmp_path / "in.csv", 30)
     out = tmp_path / "out.csv"
-    import stance.scoring as scoring
-    real = scoring.score_records
-    monkeypatch.setattr(scoring, "score_records", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    real = clf.score_records
+    monkeypatch.setattr(clf, "score_records", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         score_files([str(src)], str(out), clf, ScoreOptions(chunk_size=10))
-    monkeypatch.setattr(scoring, "score_records", real)
+    monkeypatch.setattr(clf, "score_records", real)
     with open(src, "a") as fh:
         fh.write("1,2,changed,3\n")
     with pytest.raises(StanceError, match="the input changed"):
