@@ -54,3 +54,26 @@ def test_no_duplicates_or_leakage():
     """Exact and near duplicates (character 5-gram Jaccard >= 0.6) inside and across splits."""
     report = check_files([str(DATA / f"{s}.jsonl") for s in ("train", "dev", "test")])
     assert [str(p) for p in report.problems] == []
+
+
+EXTERNAL = [json.loads(l) for l in open(DATA / "external" / "external.jsonl", encoding="utf-8")]
+
+
+def test_external_set_is_writer_disjoint_double_annotated_and_plain():
+    assert len(EXTERNAL) >= 800
+    writers = {r["writer"] for r in EXTERNAL}
+    assert writers and not writers & {r["id"].split("-")[0] for r in ALL}      # no training writer
+    for r in EXTERNAL:
+        assert r["label"] in LABELS and r["lang"] in ("en", "es", "mixed") and isinstance(r["hard"], bool)
+        assert r["label_writer"] in LABELS and r["label_annotator"] in LABELS
+        if r["label_writer"] == r["label_annotator"]:
+            assert r["label"] == r["label_writer"]
+    assert sum(r["hard"] for r in EXTERNAL) / len(EXTERNAL) <= 0.25          # mostly plain posts, as in real feeds
+    langs = Counter(r["lang"] for r in EXTERNAL)
+    assert langs["es"] / len(EXTERNAL) >= 0.2 and langs["mixed"] > 0
+
+
+def test_external_set_does_not_leak_into_the_corpus():
+    report = check_files([str(DATA / f"{s}.jsonl") for s in ("train", "dev", "test")]
+                         + [str(DATA / "external" / "external.jsonl")])
+    assert [str(p) for p in report.problems] == []
