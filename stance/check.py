@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .data import row_problems
 from .errors import StanceError, suggestion
 from .io import TableReader
 from .labels import LABELS
@@ -113,15 +114,11 @@ def _check_one(path, text_column, label_column, labels, id_column, report, posts
     split = path
     for row in rows:
         text, raw = row.values.get(text_column), row.values.get(label_column)
+        label = raw if isinstance(raw, str) and raw in labels else None
+        for column, message in row_problems(text, raw, label, text_column, label_column, labels):
+            report.problems.append(Problem(path, row.line, column, message))
         text = "" if text is None else str(text)
         raw = "" if raw is None else str(raw)
-        if not text.strip():
-            report.problems.append(Problem(path, row.line, text_column, "empty or whitespace-only text"))
-        if raw not in labels:
-            near = suggestion(raw, labels)
-            msg = f"unknown label '{raw}'" if raw else "missing label"
-            report.problems.append(Problem(path, row.line, label_column,
-                                           msg + (f"; {near}" if near else f"; labels are {', '.join(labels)}")))
         report.counts[split][raw or "(missing)"] += 1
         report.langs[split][str(row.values.get("lang") or "(none)")] += 1
         if text.strip():

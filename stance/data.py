@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import StanceError, suggestion
 from .io import read_mapping, read_rows
@@ -34,6 +34,24 @@ def load_label_map(path: Optional[str]) -> Optional[Dict[str, str]]:
     return {str(k): str(v) for k, v in mapping.items()}
 
 
+def row_problems(text: object, raw_label: object, label: Optional[str], text_column: str, label_column: str,
+                 labels: Sequence[str], label_map: Optional[Mapping[str, str]] = None) -> List[Tuple[str, str]]:
+    """What is wrong with one labelled row, as (column, message) pairs: the one wording used by
+    `stance data check`, training and evaluation."""
+    problems = []
+    if text is None or not str(text).strip():
+        problems.append((text_column, "empty or whitespace-only text"))
+    if label is None:
+        if raw_label is None or str(raw_label).strip() == "":
+            problems.append((label_column, "missing label"))
+        else:
+            near = suggestion(str(raw_label), labels)
+            hint = near or (f"labels are {', '.join(labels)}"
+                            + (" (pass --label-map to translate other label names)" if label_map is None else ""))
+            problems.append((label_column, f"unknown label '{raw_label}'; {hint}"))
+    return problems
+
+
 def load_labelled(path: str, text_column: str = "text", label_column: str = "label",
                   labels: Sequence[str] = LABELS, label_map: Optional[Mapping[str, str]] = None,
                   encoding: str = "utf-8") -> LabelledData:
@@ -52,18 +70,9 @@ def load_labelled(path: str, text_column: str = "text", label_column: str = "lab
         text = row.values.get(text_column)
         raw_label = row.values.get(label_column)
         label = map_label(raw_label, labels, label_map)
-        if text is None or not str(text).strip():
-            problems.append(f"line {row.line}, column '{text_column}': empty text")
-            continue
-        if label is None:
-            if raw_label is None or str(raw_label).strip() == "":
-                problems.append(f"line {row.line}, column '{label_column}': missing label")
-            else:
-                near = suggestion(str(raw_label), labels)
-                hint = f" ({near})" if near else (" (pass --label-map to translate other label names)"
-                                                  if label_map is None else "")
-                problems.append(f"line {row.line}, column '{label_column}': unknown label '{raw_label}'"
-                                f"; labels are {', '.join(labels)}{hint}")
+        found = row_problems(text, raw_label, label, text_column, label_column, labels, label_map)
+        if found:
+            problems += [f"line {row.line}, column '{column}': {message}" for column, message in found]
             continue
         data.texts.append(str(text))
         data.labels.append(label)

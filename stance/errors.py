@@ -37,7 +37,7 @@ class StanceError(Exception):
         return text
 
 
-def did_you_mean(name: str, choices: Iterable[str]) -> Optional[str]:
+def _nearest(name: str, choices: Iterable[str]) -> Optional[str]:
     """Nearest choice to ``name``, ignoring case, or None when nothing is close."""
     choices = list(choices)
     lowered = {c.lower(): c for c in choices}
@@ -49,5 +49,5 @@ def did_you_mean(name: str, choices: Iterable[str]) -> Optional[str]:
 
 def suggestion(name: str, choices: Iterable[str]) -> str:
     """' (did you mean 'x'?)' or '' — for appending to error messages."""
-    near = did_you_mean(name, choices)
+    near = _nearest(name, choices)
     return f"did you mean '{near}'?" if near else ""

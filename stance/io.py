@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Dict, Iterator, List, Optional, Tuple
 
-from .errors import StanceError
+from .errors import StanceError, suggestion
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
 _SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -108,9 +108,8 @@ class TableReader:
 
     def require_column(self, name: str, role: str = "text") -> None:
         if name not in self.columns:
-            from .errors import did_you_mean
-            near = did_you_mean(name, self.columns)
-            hint = f"did you mean '{near}'? " if near else ""
+            near = suggestion(name, self.columns)
+            hint = f"{near} " if near else ""
             raise StanceError(f"no {role} column '{name}'", path=self.path, column=name,
                               hint=f"{hint}available columns: {', '.join(self.columns) or '(none)'}")
 
