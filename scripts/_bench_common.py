@@ -11,10 +11,9 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stance import StanceClassifier  # noqa: E402
-from stance.config import load_config  # noqa: E402
-from stance.train import train  # noqa: E402
+from stance import StanceClassifier
+from stance.config import load_config
+from stance.train import train
 
 
 def write_jsonl(path: Path, rows: Sequence[Dict]) -> str:

@@ -14,9 +14,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _bench_common import run_child
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from _bench_common import run_child  # noqa: E402
 
 
 def write_export(path: Path, rows: int) -> None:

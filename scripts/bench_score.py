@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from _bench_common import run_child
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from _bench_common import run_child  # noqa: E402
 
 
 def posts(n: int):

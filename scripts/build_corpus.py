@@ -17,9 +17,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stance.check import near_duplicate_pairs, normalise_for_matching  # noqa: E402
-from stance.labels import LABELS  # noqa: E402
+from stance.check import near_duplicate_pairs, normalise_for_matching
+from stance.labels import LABELS
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 FIELDS = ("id", "text", "label", "lang", "platform", "created_at", "hard", "hard_rule")

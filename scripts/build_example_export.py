@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from stance.check import near_duplicate_pairs, normalise_for_matching  # noqa: E402
+from stance.check import near_duplicate_pairs, normalise_for_matching
 
 COLUMNS = ["post_id", "created_at", "author_handle", "text", "lang", "like_count", "repost_count", "url"]
 

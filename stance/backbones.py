@@ -87,6 +87,10 @@ def _e5() -> Path:
     return convert_e5(cache_dir() / "multilingual-e5-small")
 
 
+# The Hub models these packages carry (for model cards; never downloaded).
+HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", "mpnet": "sentence-transformers/all-mpnet-base-v2",
+           "e5-multilingual": "intfloat/multilingual-e5-small"}
+
 BACKBONES: Dict[str, Callable[[], Path]] = {
     "minilm": _minilm,
     "mpnet": _mpnet,

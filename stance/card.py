@@ -1,12 +1,16 @@
-"""The model card (README.md) written into every trained model folder."""
+"""The model card (README.md) written into every trained model folder.
+
+The body is written here; the YAML header with Hugging Face Hub metadata (base model,
+languages, licence, results as `model-index`) comes from `huggingface_hub.ModelCardData`,
+so the folder reads as a normal model card on the Hub and in `huggingface_hub.ModelCard.load`.
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List
 
-
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}"
+from .backbones import HUB_IDS
+from .metrics import pct
 
 
 def write_model_card(folder: Path, cfg, metrics: Dict) -> None:
@@ -15,7 +19,7 @@ def write_model_card(folder: Path, cfg, metrics: Dict) -> None:
         f"# stance model: `{cfg.model.backbone}` fine-tuned for stance toward US military action against cartels",
         "",
         "Labels each post **" + "**, **".join(labels) + "** toward US military action against Latin American",
-        "drug cartels, following the project's codebook (docs/codebook.md).",
+        "drug cartels, following the project's labelling guide (docs/labelling.md, after the shared codebook).",
         "",
         "```python",
         "from stance import StanceClassifier",
@@ -40,7 +44,7 @@ def write_model_card(folder: Path, cfg, metrics: Dict) -> None:
         lines += ["## Calibration", "",
                   f"Probabilities are temperature-scaled (T = {cal['temperature']}, fitted on dev). "
                   f"Default `--min-confidence` {cal['min_confidence']}: the lowest threshold at which dev accuracy "
-                  f"of the kept posts reaches 0.90 (keeps {_pct(cal['dev_coverage_at_min_confidence'])}% of dev).", ""]
+                  f"of the kept posts reaches 0.90 (keeps {pct(cal['dev_coverage_at_min_confidence'])}% of dev).", ""]
     fast = metrics.get("fast_path")
     if fast and "label_agreement" in fast:
         lines += ["## Fast CPU path (int8 ONNX)", "",
@@ -48,9 +52,13 @@ def write_model_card(folder: Path, cfg, metrics: Dict) -> None:
                   f"activations quantised per token after SmoothQuant with strength {fast.get('smoothquant_alpha')}, "
                   "so a post's label does not depend on the posts batched with it). "
                   f"On the {fast['n']} dev and test posts it gives the same label as the fp32 model on "
-                  f"{_pct(fast['label_agreement'])}% of posts, macro-F1 {100 * fast['macro_f1_delta']:+.2f} points. "
+                  f"{pct(fast['label_agreement'])}% of posts, macro-F1 {100 * fast['macro_f1_delta']:+.2f} points. "
                   + ("It passed the check (>= 99% agreement, <= 0.5 points lower) and `stance score` uses it on CPU "
-                     "by default where int8 products are exact (x86 with VNNI, or ARM); `--runtime torch` forces fp32."
+                     "by default; `--runtime torch` forces fp32. Int8 products run in the form that is exact on the "
+                     "CPU at hand (uint8 x int8 with VNNI or on ARM, uint8 x uint8 on x86 without VNNI). The check ran "
+                     f"on {fast.get('cpu_name', 'the training CPU')}; on a CPU with other kernels, `stance score` "
+                     "first re-runs the check posts kept in `onnx/check.json` and falls back to PyTorch if fewer "
+                     "than 99% of labels still match fp32."
                      if fast["enabled"] else
                      "It failed the check (>= 99% agreement, <= 0.5 points lower) and was removed; scoring uses PyTorch."),
                   ""]
@@ -59,7 +67,7 @@ def write_model_card(folder: Path, cfg, metrics: Dict) -> None:
         lines += ["## bfloat16 CPU scoring", ""]
         if "label_agreement" in bf16:
             lines += [f"With its weights cast to bfloat16 (on CPUs with native bf16: AVX-512 BF16 or AMX), this model "
-                      f"gives the same label as fp32 on {_pct(bf16['label_agreement'])}% of the {bf16['n']} dev and "
+                      f"gives the same label as fp32 on {pct(bf16['label_agreement'])}% of the {bf16['n']} dev and "
                       f"test posts, macro-F1 {100 * bf16['macro_f1_delta']:+.2f} points. "
                       + ("It passed the same check as the int8 path; `stance score` uses it on such CPUs when "
                          "the int8 path is not available." if bf16["enabled"] else
@@ -71,15 +79,15 @@ def write_model_card(folder: Path, cfg, metrics: Dict) -> None:
         if not m:
             continue
         lines += [f"## {split.capitalize()} results (n = {m['n']})", "",
-                  f"macro-F1 **{_pct(m['macro_f1'])}**, F_avg (support/oppose) {_pct(m['f_avg'])}, "
-                  f"accuracy {_pct(m['accuracy'])}, ECE {m.get('ece', 0):.3f}", "",
+                  f"macro-F1 **{pct(m['macro_f1'])}**, F_avg (support/oppose) {pct(m['f_avg'])}, "
+                  f"accuracy {pct(m['accuracy'])}, ECE {m.get('ece', 0):.3f}", "",
                   "| label | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
         for lab, pc in m["per_class"].items():
-            lines.append(f"| {lab} | {_pct(pc['precision'])} | {_pct(pc['recall'])} | {_pct(pc['f1'])} | {pc['support']} |")
+            lines.append(f"| {lab} | {pct(pc['precision'])} | {pct(pc['recall'])} | {pct(pc['f1'])} | {pc['support']} |")
         if m.get("by_lang"):
             lines += ["", "| language | n | macro-F1 | accuracy |", "|---|---:|---:|---:|"]
             for lang, lm in m["by_lang"].items():
-                lines.append(f"| {lang} | {lm['n']} | {_pct(lm['macro_f1'])} | {_pct(lm['accuracy'])} |")
+                lines.append(f"| {lang} | {lm['n']} | {pct(lm['macro_f1'])} | {pct(lm['accuracy'])} |")
         lines.append("")
     lines += [
         "## Intended use and limits", "",
@@ -91,4 +99,19 @@ def write_model_card(folder: Path, cfg, metrics: Dict) -> None:
         "  posts below the confidence threshold are marked `uncertain` by `stance score`.",
         "",
     ]
-    (folder / "README.md").write_text("\n".join(lines), encoding="utf-8")
+    from huggingface_hub import ModelCard
+    ModelCard(_hub_header(cfg, metrics) + "\n".join(lines)).save(str(folder / "README.md"))
+
+
+def _hub_header(cfg, metrics: Dict) -> str:
+    from huggingface_hub import EvalResult, ModelCardData
+
+    results: List = [EvalResult(task_type="text-classification", dataset_type="stance-us-military-action-cartels",
+                                dataset_name=f"stance corpus ({split})", dataset_split=split, metric_type="f1",
+                                metric_name="macro-F1", metric_value=round(metrics[split]["macro_f1"], 4))
+                     for split in ("dev", "test") if split in metrics]
+    data = ModelCardData(language=["en", "es"], license="mit", library_name="transformers",
+                         pipeline_tag="text-classification", tags=["stance-detection", "stance"],
+                         base_model=HUB_IDS.get(cfg.model.backbone), model_name=f"stance-{cfg.model.backbone}",
+                         eval_results=results or None)
+    return f"---\n{data.to_yaml()}\n---\n"

@@ -1,11 +1,9 @@
-"""The label set of the codebook, mapped to ids once for the whole package."""
+"""The label set of the codebook. A model's own label order is `ModelMeta.labels` (its head's order)."""
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 LABELS: tuple[str, ...] = ("support", "oppose", "question", "neutral")
-LABEL2ID: Dict[str, int] = {label: i for i, label in enumerate(LABELS)}
-ID2LABEL: Dict[int, str] = {i: label for label, i in LABEL2ID.items()}
 
 # The two "sided" labels; F_avg (the SemEval measure) averages their F1.
 SIDED_LABELS: tuple[str, ...] = ("support", "oppose")

@@ -41,7 +41,8 @@ def compute_metrics(gold: Sequence[str], pred: Sequence[str], labels: Sequence[s
         "confusion_matrix": confusion_matrix(gold, pred, labels=labels).tolist(),
     }
     if probs is not None:
-        out["ece"] = expected_calibration_error(probs, np.array([labels.index(g) for g in gold]))
+        index = {label: i for i, label in enumerate(labels)}
+        out["ece"] = expected_calibration_error(probs, np.array([index[g] for g in gold]))
     return out
 
 
@@ -58,6 +59,11 @@ def slice_metrics(gold: np.ndarray, pred: np.ndarray, values: Sequence[object], 
         out[v] = {"n": m["n"], "macro_f1": m["macro_f1"], "f_avg": m["f_avg"], "accuracy": m["accuracy"],
                   "per_class_f1": {l: (m["per_class"][l]["f1"] if l in present else None) for l in labels}}
     return out
+
+
+def pct(x: Optional[float]) -> str:
+    """A share as a percentage with one decimal, for reports and cards ('n/a' for None)."""
+    return "n/a" if x is None else f"{100 * x:.1f}"
 
 
 # A faster numeric path (int8, bf16) replaces fp32 only if it keeps this close on labelled posts.

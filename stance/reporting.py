@@ -14,6 +14,7 @@ import numpy as np
 from .errors import StanceError
 from .evaluation import public_view
 from .io import TableReader
+from .metrics import pct
 
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;
@@ -34,9 +35,6 @@ def _save(fig, path: Path) -> str:
     _plt().close(fig)
     return path.name
 
-
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}"
 
 
 class _Doc:
@@ -108,32 +106,36 @@ def _plot_per_class(models: Dict[str, Dict], labels, path: Path) -> str:
     return _save(fig, path)
 
 
-def _plot_reliability(models: Dict[str, Dict], path: Path) -> str:
+def _line_plot(series: Dict[str, List], path: Path, size, xlabel: str, ylabel: str, title: str,
+               reference=None, style: str = "o-", **line) -> str:
+    """One line per model; `reference` draws a diagonal ("diagonal") or a horizontal line at a value."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
-    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    for name, m in models.items():
-        pts = [(b["confidence"], b["accuracy"]) for b in m["calibration"]["reliability"] if b["n"]]
-        ax.plot(*zip(*pts), "o-", label=f"{name} (ECE {m['calibration']['ece']:.3f})")
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
+    fig, ax = plt.subplots(figsize=size)
+    if reference == "diagonal":
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    elif reference is not None:
+        ax.axhline(reference, color="grey", lw=1, ls=":")
+    for name, pts in series.items():
+        ax.plot(*zip(*pts), style, label=name, **line)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
-    ax.set_title("reliability diagram")
+    ax.set_title(title)
     return _save(fig, path)
+
+
+def _plot_reliability(models: Dict[str, Dict], path: Path) -> str:
+    series = {f"{name} (ECE {m['calibration']['ece']:.3f})":
+              [(b["confidence"], b["accuracy"]) for b in m["calibration"]["reliability"] if b["n"]]
+              for name, m in models.items()}
+    return _line_plot(series, path, (4.6, 4.2), "confidence", "accuracy", "reliability diagram", "diagonal")
 
 
 def _plot_coverage(models: Dict[str, Dict], path: Path) -> str:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.4, 3.8))
-    for name, m in models.items():
-        pts = [(p["coverage"], p["accuracy"]) for p in m["calibration"]["coverage"]["points"] if p["accuracy"] is not None]
-        ax.plot(*zip(*pts), "o-", ms=3, label=name)
-    ax.axhline(0.9, color="grey", lw=1, ls=":")
-    ax.set_xlabel("coverage (share of posts kept)")
-    ax.set_ylabel("accuracy of kept posts")
-    ax.legend(fontsize=8)
-    ax.set_title("coverage-accuracy as the confidence threshold rises")
-    return _save(fig, path)
+    series = {name: [(p["coverage"], p["accuracy"]) for p in m["calibration"]["coverage"]["points"]
+                     if p["accuracy"] is not None] for name, m in models.items()}
+    return _line_plot(series, path, (5.4, 3.8), "coverage (share of posts kept)", "accuracy of kept posts",
+                      "coverage-accuracy as the confidence threshold rises", 0.9, ms=3)
 
 
 def write_evaluation_report(report: Dict, folder: Path) -> None:
@@ -147,8 +149,8 @@ def write_evaluation_report(report: Dict, folder: Path) -> None:
     doc.para(f"Data: {', '.join(report['data'])} ({report['n']} posts). Labels: {', '.join(labels)}.")
     doc.heading("Summary")
     doc.table(["model", "macro-F1", "95% CI", "F_avg", "accuracy", "ECE"],
-              [[n, _pct(m["macro_f1"]), f"{_pct(m['ci']['macro_f1'][0])}–{_pct(m['ci']['macro_f1'][1])}",
-                _pct(m["f_avg"]), _pct(m["accuracy"]), f"{m['ece']:.3f}"] for n, m in models.items()])
+              [[n, pct(m["macro_f1"]), f"{pct(m['ci']['macro_f1'][0])}–{pct(m['ci']['macro_f1'][1])}",
+                pct(m["f_avg"]), pct(m["accuracy"]), f"{m['ece']:.3f}"] for n, m in models.items()])
     for c in report["comparison"]:
         doc.para(f"Paired bootstrap, {c['model_a']} minus {c['model_b']}: macro-F1 difference "
                  f"{100 * c['difference']:+.1f} points (95% CI {100 * c['ci_low']:+.1f} to {100 * c['ci_high']:+.1f}), "
@@ -157,22 +159,22 @@ def write_evaluation_report(report: Dict, folder: Path) -> None:
     for i, (name, m) in enumerate(models.items()):
         doc.heading(f"{name}: per class")
         doc.table(["label", "precision", "recall", "F1", "support"],
-                  [[l, _pct(pc["precision"]), _pct(pc["recall"]), _pct(pc["f1"]), pc["support"]]
+                  [[l, pct(pc["precision"]), pct(pc["recall"]), pct(pc["f1"]), pc["support"]]
                    for l, pc in m["per_class"].items()])
         doc.image(_plot_confusion(m["confusion_matrix"], labels, folder / f"confusion_matrix_{i}.png", name),
                   f"confusion matrix, {name}")
         for col, slices in m["slices"].items():
             doc.heading(f"{name}: by {col}")
             doc.table([col, "n", "macro-F1", "F_avg", "accuracy", *[f"F1 {l}" for l in labels]],
-                      [[v, s["n"], _pct(s["macro_f1"]), _pct(s["f_avg"]), _pct(s["accuracy"]),
-                        *[_pct(s["per_class_f1"][l]) for l in labels]] for v, s in slices.items()])
+                      [[v, s["n"], pct(s["macro_f1"]), pct(s["f_avg"]), pct(s["accuracy"]),
+                        *[pct(s["per_class_f1"][l]) for l in labels]] for v, s in slices.items()])
         cov = m["calibration"]["coverage"]
         doc.heading(f"{name}: calibration and confidence threshold")
         if cov["threshold"] is not None and cov["coverage_at_threshold"] == 1.0:
             doc.para("Accuracy is at least 0.90 on all posts: no --min-confidence threshold is needed for this data.")
         elif cov["threshold"] is not None:
             doc.para(f"Keeping only posts with confidence >= {cov['threshold']:.3f} gives accuracy >= 0.90 on "
-                     f"{_pct(cov['coverage_at_threshold'])}% of posts: a sensible --min-confidence for this data.")
+                     f"{pct(cov['coverage_at_threshold'])}% of posts: a sensible --min-confidence for this data.")
         else:
             doc.para("No confidence threshold reaches accuracy 0.90 on this data.")
         doc.heading(f"{name}: most confident errors")
@@ -282,7 +284,7 @@ def write_scored_report(path: str, folder: Path, date_column: Optional[str] = No
     doc.heading("Stance shares")
     shares = summary["shares"]
     doc.table(["stance", "posts", "share", "95% CI (Wilson)"],
-              [[s, f"{v['count']:,}", _pct(v["share"]), f"{_pct(v['ci95'][0])}–{_pct(v['ci95'][1])}"]
+              [[s, f"{v['count']:,}", pct(v["share"]), f"{pct(v['ci95'][0])}–{pct(v['ci95'][1])}"]
                for s, v in shares.items()])
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     names = list(shares)
@@ -307,12 +309,12 @@ def write_scored_report(path: str, folder: Path, date_column: Optional[str] = No
         ax.set_xticks(range(0, len(periods), step), [periods[i] for i in range(0, len(periods), step)], rotation=30, fontsize=7)
         doc.image(_save(fig, folder / "over_time.png"), "stance over time")
         doc.table(["period", "posts", *names],
-                  [[p, sum(c.values()), *[_pct(c.get(s, 0) / max(sum(c.values()), 1)) for s in names]]
+                  [[p, sum(c.values()), *[pct(c.get(s, 0) / max(sum(c.values()), 1)) for s in names]]
                    for p, c in ot["periods"].items()])
     for g, vals in summary["by"].items():
         doc.heading(f"By {g}")
         doc.table([g, "posts", *[f"{s} %" for s in names]],
-                  [[k, sum(c.values()), *[_pct(c.get(s, 0) / max(sum(c.values()), 1)) for s in names]]
+                  [[k, sum(c.values()), *[pct(c.get(s, 0) / max(sum(c.values()), 1)) for s in names]]
                    for k, c in sorted(vals.items(), key=lambda kv: -sum(kv[1].values()))])
         fig, ax = plt.subplots(figsize=(6, 3.2))
         keys = [k for k, _ in sorted(vals.items(), key=lambda kv: -sum(kv[1].values()))][:12]
@@ -332,5 +334,5 @@ def write_scored_report(path: str, folder: Path, date_column: Optional[str] = No
                    for e in items], text_cols=(3,))
     doc.write(title)
     return "\n".join([f"{summary['labelled']:,} labelled posts in {path}:"]
-                     + [f"  {s:<10} {_pct(v['share']):>5}%  [{_pct(v['ci95'][0])}, {_pct(v['ci95'][1])}]"
+                     + [f"  {s:<10} {pct(v['share']):>5}%  [{pct(v['ci95'][0])}, {pct(v['ci95'][1])}]"
                         for s, v in shares.items()] + [f"report: {folder / 'report.html'}"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Sequence
+from typing import Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -69,7 +69,3 @@ class TfidfModel:
             vec.idf_ = arrays[f"idf_{name}"]
             vecs[name] = vec
         return cls(vecs, arrays["coef"], arrays["intercept"])
-
-    @property
-    def files(self) -> List[str]:
-        return ["tfidf.json", "tfidf.safetensors"]

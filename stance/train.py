@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -164,6 +164,13 @@ def _length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random
 
 
 def _fine_tune(cfg: RunConfig, backbone_dir: Path, labels, texts, ids, tmp: Path, progress) -> List[Dict]:
+    """Fine-tune with class-weighted cross-entropy, length-grouped batches, linear warm-up and early stopping
+    on dev macro-F1 (the best epoch's weights are kept); returns one row per epoch.
+
+    Not `transformers.Trainer`: it requires `accelerate`, one more dependency, and its `group_by_length`,
+    `EarlyStoppingCallback` and a class-weighted `compute_loss` subclass would restate this loop rather than
+    remove it. Switching waits for a same-seed comparison of dev metrics and time, which has not been run.
+    """
     import torch
     from datasets import Dataset
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,

@@ -26,6 +26,33 @@ def test_output_folder_is_complete(tiny_model):
     assert cfg.training.epochs == 2 and cfg.model.max_length == 32
 
 
+def test_model_card_carries_hub_metadata(tiny_model):
+    from huggingface_hub import ModelCard
+    card = ModelCard.load(str(tiny_model / "README.md"))
+    assert card.data.pipeline_tag == "text-classification" and card.data.language == ["en", "es"]
+    metrics = json.loads((tiny_model / "metrics.json").read_text())
+    dev = [r for r in card.data.eval_results if r.dataset_split == "dev"][0]
+    assert dev.metric_name == "macro-F1" and dev.metric_value == round(metrics["dev"]["macro_f1"], 4)
+    assert "docs/labelling.md" in card.text
+
+
+def test_stance_json_matches_the_weights(tiny_model, tmp_path):
+    """A stance.json whose labels disagree with the classifier head (swapped support/oppose) is refused."""
+    import shutil
+    copy = tmp_path / "m"
+    shutil.copytree(tiny_model, copy)
+    meta = json.loads((copy / "stance.json").read_text())
+    meta["labels"] = ["oppose", "support", "question", "neutral"]
+    (copy / "stance.json").write_text(json.dumps(meta))
+    with pytest.raises(StanceError, match="classifier head"):
+        StanceClassifier.load(copy)
+    for bad, words in ((dict(labels="sopn"), "two distinct label names"), (dict(temperature=0), "temperature"),
+                       (dict(temperature="hot"), "must be a number")):
+        (copy / "stance.json").write_text(json.dumps({**json.loads((tiny_model / "stance.json").read_text()), **bad}))
+        with pytest.raises(StanceError, match=words):
+            StanceClassifier.load(copy)
+
+
 def test_predict_api(tiny_model):
     clf = StanceClassifier.load(tiny_model)
     probs = clf.predict_proba(["bomb the labs", "is this legal?", "no war"])
@@ -34,6 +61,8 @@ def test_predict_api(tiny_model):
     preds = clf.predict(["bomb the labs", "is this legal?"])
     assert all(p in clf.labels for p in preds)
     assert clf.predict_proba([]).shape == (0, 4)
+    one = clf.predict("bomb the labs")                 # one post in, one label out (as SetFit)
+    assert isinstance(one, str) and one == clf.predict(["bomb the labs"])[0]
 
 
 def test_loads_with_transformers_pipeline(tiny_model):
