@@ -74,14 +74,24 @@ def write_model_card(folder: Path, cfg, metrics: Dict) -> None:
                          "It failed that check, so it is not used by default."), ""]
         else:
             lines += [f"Not checked: {bf16.get('reason', 'unknown')}. Scoring uses the other paths.", ""]
-    for split in ("dev", "test"):
+    titles = {"dev": "Dev results", "test": "Test results",
+              "external": "Expected on new posts: the external set (writers never seen in training)"}
+    for split, title in titles.items():
         m = metrics.get(split)
         if not m:
             continue
-        lines += [f"## {split.capitalize()} results (n = {m['n']})", "",
+        lines += [f"## {title} (n = {m['n']})", ""]
+        if split == "external":
+            lines += [f"`{cfg.data.external}` was written by other people than the training, dev and test posts and "
+                      "was used for nothing but this measurement: this is the score to expect on new posts. "
+                      "Dev and test share writers with the training posts and overstate it.", ""]
+        lines += [
                   f"macro-F1 **{pct(m['macro_f1'])}**, F_avg (support/oppose) {pct(m['f_avg'])}, "
                   f"accuracy {pct(m['accuracy'])}, ECE {m.get('ece', 0):.3f}", "",
                   "| label | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+        if m.get("confident"):
+            lines += [f"Posts with confidence >= 0.9: {pct(m['confident']['share_at_0.9'])}% of posts, "
+                      f"{pct(m['confident']['accuracy_at_0.9'])}% of them right.", ""]
         for lab, pc in m["per_class"].items():
             lines.append(f"| {lab} | {pct(pc['precision'])} | {pct(pc['recall'])} | {pct(pc['f1'])} | {pc['support']} |")
         if m.get("by_lang"):
@@ -109,7 +119,7 @@ def _hub_header(cfg, metrics: Dict) -> str:
     results: List = [EvalResult(task_type="text-classification", dataset_type="stance-us-military-action-cartels",
                                 dataset_name=f"stance corpus ({split})", dataset_split=split, metric_type="f1",
                                 metric_name="macro-F1", metric_value=round(metrics[split]["macro_f1"], 4))
-                     for split in ("dev", "test") if split in metrics]
+                     for split in ("dev", "test", "external") if split in metrics]
     data = ModelCardData(language=["en", "es"], license="mit", library_name="transformers",
                          pipeline_tag="text-classification", tags=["stance-detection", "stance"],
                          base_model=HUB_IDS.get(cfg.model.backbone), model_name=f"stance-{cfg.model.backbone}",

@@ -36,7 +36,7 @@ def train(
     result = run_train(cfg)
     m = result.metrics
     line = f"saved {result.output_dir} in {result.seconds:.0f}s"
-    for split in ("dev", "test"):
+    for split in ("dev", "test", "external"):
         if split in m:
             line += f"; {split} macro-F1 {m[split]['macro_f1']:.3f}"
     typer.echo(line)

@@ -23,6 +23,9 @@ class DataConfig:
     train: str = "data/train.jsonl"
     dev: Optional[str] = "data/dev.jsonl"
     test: Optional[str] = "data/test.jsonl"
+    # Posts by writers the training data never saw: scored after training for the card, never used to choose
+    # anything (epochs, temperature and thresholds come from dev).
+    external: Optional[str] = None
     text_column: str = "text"
     label_column: str = "label"
     labels: List[str] = field(default_factory=lambda: list(LABELS))

@@ -52,7 +52,7 @@ def set_seed(seed: int) -> None:
 def _load_splits(cfg: RunConfig) -> Dict[str, LabelledData]:
     d = cfg.data
     splits = {}
-    for name in ("train", "dev", "test"):
+    for name in ("train", "dev", "test", "external"):
         path = getattr(d, name)
         if path:
             splits[name] = load_labelled(path, d.text_column, d.label_column, d.labels)
@@ -110,7 +110,7 @@ def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
         else:
             history = _fine_tune(cfg, backbone_dir, labels, texts, ids, tmp, progress)
             engine = TransformerEngine(tmp, meta, device=cfg.training.device)
-        logits = {name: engine.logits(texts[name])[0] for name in ("dev", "test") if name in splits}
+        logits = {name: engine.logits(texts[name])[0] for name in ("dev", "test", "external") if name in splits}
         calibration = _calibrate(logits.get("dev"), ids.get("dev"))
         meta = replace(meta, temperature=calibration.get("temperature", 1.0),
                        min_confidence=calibration.get("min_confidence", 0.0))
@@ -326,7 +326,7 @@ def _calibrate(dev_logits: Optional[np.ndarray], dev_ids: Optional[np.ndarray]) 
 
 
 def _evaluate(splits: Dict[str, LabelledData], logits: Dict[str, np.ndarray], meta: ModelMeta) -> Dict:
-    """Dev and test metrics with the fitted temperature, by language where the data says."""
+    """Dev, test (and external) metrics with the fitted temperature, by language and platform where the data says."""
     metrics = {}
     for name, lg in logits.items():
         data = splits[name]
@@ -335,5 +335,13 @@ def _evaluate(splits: Dict[str, LabelledData], logits: Dict[str, np.ndarray], me
         m = compute_metrics(data.labels, pred, meta.labels, probs)
         if "lang" in data.columns:
             m["by_lang"] = slice_metrics(np.array(data.labels), np.array(pred), data.columns["lang"], meta.labels)
+        if "platform" in data.columns and name == "external":
+            m["by_platform"] = slice_metrics(np.array(data.labels), np.array(pred), data.columns["platform"],
+                                             meta.labels)
+        if name == "external":        # is a confident label right as often as it claims, on new writers?
+            right = np.array(pred) == np.array(data.labels)
+            sure = probs.max(1) >= 0.9
+            m["confident"] = {"share_at_0.9": float(sure.mean()),
+                              "accuracy_at_0.9": float(right[sure].mean()) if sure.any() else None}
         metrics[name] = m
     return metrics

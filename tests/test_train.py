@@ -26,6 +26,21 @@ def test_output_folder_is_complete(tiny_model):
     assert cfg.training.epochs == 2 and cfg.model.max_length == 32
 
 
+def test_external_set_is_scored_for_the_card_and_chooses_nothing(tiny_backbone, labelled_files, tmp_path):
+    """data.external is measured after training; epochs, temperature and threshold still come from dev."""
+    external = write_jsonl(tmp_path / "external.jsonl",
+                           [{"text": t, "label": l, "lang": "en", "platform": p} for (t, l), p in
+                            zip(POSTS[::-1], ["x", "reddit"] * len(POSTS))])
+    with_ext = train_model(tiny_backbone, labelled_files, tmp_path / "a", **{"data.external": external})
+    without = train_model(tiny_backbone, labelled_files, tmp_path / "b")
+    m = with_ext.metrics
+    assert m["external"]["n"] == len(POSTS) and set(m["external"]["by_platform"]) == {"x", "reddit"}
+    assert 0 <= m["external"]["confident"]["share_at_0.9"] <= 1
+    assert m["calibration"] == without.metrics["calibration"] and m["dev"] == without.metrics["dev"]
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert "Expected on new posts" in card and "external" not in without.metrics
+
+
 def test_model_card_carries_hub_metadata(tiny_model):
     from huggingface_hub import ModelCard
     card = ModelCard.load(str(tiny_model / "README.md"))
