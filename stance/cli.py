@@ -105,12 +105,29 @@ def evaluate(
 def report(
     scored: str = typer.Argument(..., help="A file written by `stance score`."),
     output: Path = typer.Option(..., "--output", "-o", help="Report folder."),
+    estimator: Optional[str] = typer.Option(
+        None, "--estimator", "-e",
+        help="How shares are estimated: cc (count predicted labels), pcc (mean probabilities), acc / pacc "
+             "(adjusted for the model's confusion on labelled posts), emq (EM prior adjustment), ppi (a random "
+             "hand-labelled sample of this export, --gold, corrects the model; valid intervals without trusting "
+             "it). Default: pacc, falling back to pcc when no labelled outputs are known."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m",
+                                         help="The model folder that scored the file (default: the one recorded "
+                                              "in SCORED.meta.json), for its outputs on labelled posts."),
+    gold: Optional[str] = typer.Option(None, "--gold", help="Hand-labelled posts of this export (columns id and "
+                                       "label), joined by --id-column: used by ppi, and by acc/pacc/emq instead "
+                                       "of the model's own labelled posts. Draw them at random "
+                                       "for valid intervals."),
+    by: List[str] = typer.Option([], "--by", help="Also estimate shares per value of this column (repeatable); "
+                                 "lang, platform and source are always used when present."),
+    id_column: str = typer.Option("id", "--id-column", help="Column joining --gold to the scored file."),
     date_column: Optional[str] = typer.Option(None, "--date-column", help="Date column (default: created_at or date if present)."),
 ):
-    """Summarise a scored export: stance shares with intervals, over time, by language and platform."""
+    """Estimate stance shares in a scored export, with 95% intervals: overall, over time, by language and platform."""
     _setup_logging()
-    from .reporting import write_scored_report
-    summary = write_scored_report(scored, output, date_column=date_column)
+    from .share_report import write_scored_report
+    summary = write_scored_report(scored, output, estimator=estimator, model=str(model) if model else None,
+                                  gold=gold, by=by, id_column=id_column, date_column=date_column)
     typer.echo(summary)
 
 

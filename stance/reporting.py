@@ -1,19 +1,19 @@
-"""Reports a person can read (Markdown, self-contained HTML, PNG plots) and a program can parse (JSON)."""
+"""Reports a person can read (Markdown, self-contained HTML, PNG plots) and a program can parse (JSON).
+
+This module holds the evaluation report of `stance evaluate` and the pieces every report is built
+from (`Doc`, `pyplot`, `save_figure`); share_report.py builds `stance report` from them.
+"""
 from __future__ import annotations
 
 import base64
 import html
 import json
-import math
-from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 
-from .errors import StanceError
 from .evaluation import public_view
-from .io import TableReader
 from .metrics import pct
 
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
@@ -22,22 +22,22 @@ text-align:right}th{background:#f3f3f3}td.t{text-align:left;max-width:600px}img{
 border:1px solid #eee}h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}"""
 
 
-def _plt():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
 
 
-def _save(fig, path: Path) -> str:
+def save_figure(fig, path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    _plt().close(fig)
+    pyplot().close(fig)
     return path.name
 
 
 
-class _Doc:
+class Doc:
     """Builds the Markdown and HTML versions of one report side by side."""
 
     def __init__(self, title: str, folder: Path):
@@ -77,7 +77,7 @@ class _Doc:
 # evaluation reports
 
 def _plot_confusion(cm, labels, path: Path, title: str) -> str:
-    plt = _plt()
+    plt = pyplot()
     cm = np.asarray(cm)
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
     ax.imshow(cm, cmap="Blues")
@@ -89,11 +89,11 @@ def _plot_confusion(cm, labels, path: Path, title: str) -> str:
         for j in range(len(labels)):
             ax.text(j, i, cm[i, j], ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_per_class(models: Dict[str, Dict], labels, path: Path) -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     width = 0.8 / len(models)
     for k, (name, m) in enumerate(models.items()):
@@ -103,13 +103,13 @@ def _plot_per_class(models: Dict[str, Dict], labels, path: Path) -> str:
     ax.set_ylabel("F1")
     ax.legend(fontsize=8)
     ax.set_title("per-class F1")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _line_plot(series: Dict[str, List], path: Path, size, xlabel: str, ylabel: str, title: str,
                reference=None, style: str = "o-", **line) -> str:
     """One line per model; `reference` draws a diagonal ("diagonal") or a horizontal line at a value."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=size)
     if reference == "diagonal":
         ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
@@ -121,7 +121,7 @@ def _line_plot(series: Dict[str, List], path: Path, size, xlabel: str, ylabel: s
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_reliability(models: Dict[str, Dict], path: Path) -> str:
@@ -145,7 +145,7 @@ def write_evaluation_report(report: Dict, folder: Path) -> None:
     (folder / "metrics.json").write_text(json.dumps(public_view(report), indent=2, ensure_ascii=False),
                                          encoding="utf-8")
     title = "Model evaluation"
-    doc = _Doc(title, folder)
+    doc = Doc(title, folder)
     doc.para(f"Data: {', '.join(report['data'])} ({report['n']} posts). Labels: {', '.join(labels)}.")
     doc.heading("Summary")
     doc.table(["model", "macro-F1", "95% CI", "F_avg", "accuracy", "ECE"],
@@ -185,154 +185,3 @@ def write_evaluation_report(report: Dict, folder: Path) -> None:
     doc.image(_plot_reliability(models, folder / "reliability.png"), "reliability diagram")
     doc.image(_plot_coverage(models, folder / "coverage.png"), "coverage-accuracy curve")
     doc.write(title)
-
-
-# ---------------------------------------------------------------------------
-# reports on scored exports
-
-def _wilson(k: int, n: int) -> List[float]:
-    from scipy.stats import binomtest
-    if n == 0:
-        return [0.0, 0.0]
-    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return [float(ci.low), float(ci.high)]
-
-
-def _find_column(columns: List[str], wanted: Optional[str], candidates) -> Optional[str]:
-    if wanted:
-        if wanted not in columns:
-            raise StanceError(f"no column '{wanted}'", hint=f"available: {', '.join(columns)}")
-        return wanted
-    return next((c for c in candidates if c in columns), None)
-
-
-def summarise_scored(path: str, date_column: Optional[str] = None, examples: int = 5) -> Dict:
-    """Stream a scored file once and collect everything the report shows."""
-    import heapq
-    import pandas as pd
-
-    reader = TableReader(path).open()
-    for col in ("stance", "confidence"):
-        if col not in reader.columns:
-            raise StanceError(f"no '{col}' column: is this the output of `stance score`?", path=path, column=col)
-    date_col = _find_column(reader.columns, date_column, ("created_at", "date", "timestamp", "time"))
-    text_col = next((c for c in ("text", "body", "content", "message") if c in reader.columns), None)
-    groups = [c for c in ("lang", "platform", "source") if c in reader.columns]
-    stances, unlabelled, uncertain, total = Counter(), 0, 0, 0
-    by_group = {g: defaultdict(Counter) for g in groups}
-    dates: List[str] = []
-    date_stances: List[str] = []
-    top = defaultdict(list)
-    for row in reader.rows():
-        v = row.values
-        total += 1
-        s = str(v.get("stance") or "")
-        if not s:
-            unlabelled += 1
-            continue
-        stances[s] += 1
-        uncertain += str(v.get("stance_note") or "") == "uncertain"
-        for g in groups:
-            by_group[g][str(v.get(g) or "(missing)")][s] += 1
-        if date_col and v.get(date_col):
-            dates.append(str(v[date_col]))
-            date_stances.append(s)
-        if text_col:
-            try:
-                conf = float(v.get("confidence"))
-            except (TypeError, ValueError):
-                continue
-            item = (conf, row.line, str(v.get(text_col))[:280])
-            (heapq.heappush if len(top[s]) < examples else heapq.heappushpop)(top[s], item)
-    if total == 0:
-        raise StanceError("the scored file holds no rows", path=path)
-    n = sum(stances.values())
-    summary = {
-        "schema_version": 1, "file": path, "rows": total, "labelled": n, "unlabelled": unlabelled,
-        "uncertain": uncertain,
-        "shares": {s: {"count": c, "share": c / n, "ci95": _wilson(c, n)} for s, c in stances.most_common()},
-        "by": {g: {k: {s: c for s, c in cnt.items()} for k, cnt in vals.items()} for g, vals in by_group.items()},
-        "examples": {s: [{"confidence": c, "line": l, "text": t} for c, l, t in sorted(items, reverse=True)]
-                     for s, items in top.items()},
-        "over_time": None,
-    }
-    if dates:
-        ts = pd.to_datetime(pd.Series(dates), errors="coerce", utc=True)
-        ok = ts.notna().to_numpy()
-        if ok.any():
-            span_days = (ts[ok].max() - ts[ok].min()).days
-            freq = "D" if span_days <= 60 else "W"
-            periods = ts[ok].dt.tz_localize(None).dt.to_period(freq).astype(str)
-            table = pd.crosstab(periods, pd.Series(np.array(date_stances)[ok], index=periods.index))
-            summary["over_time"] = {"date_column": date_col, "frequency": "daily" if freq == "D" else "weekly",
-                                    "unparsed_dates": int((~ok).sum()),
-                                    "periods": {str(p): {s: int(table.loc[p, s]) for s in table.columns}
-                                                for p in table.index}}
-    return summary
-
-
-def write_scored_report(path: str, folder: Path, date_column: Optional[str] = None) -> str:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    summary = summarise_scored(path, date_column)
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
-    plt = _plt()
-    title = f"Stance in {Path(path).name}"
-    doc = _Doc(title, folder)
-    doc.para(f"{summary['rows']:,} rows; {summary['labelled']:,} labelled, {summary['unlabelled']:,} without text, "
-             f"{summary['uncertain']:,} marked uncertain (still counted under their most likely stance).")
-    doc.heading("Stance shares")
-    shares = summary["shares"]
-    doc.table(["stance", "posts", "share", "95% CI (Wilson)"],
-              [[s, f"{v['count']:,}", pct(v["share"]), f"{pct(v['ci95'][0])}–{pct(v['ci95'][1])}"]
-               for s, v in shares.items()])
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    names = list(shares)
-    vals = [shares[s]["share"] for s in names]
-    err = [[shares[s]["share"] - shares[s]["ci95"][0] for s in names], [shares[s]["ci95"][1] - shares[s]["share"] for s in names]]
-    ax.bar(names, vals, yerr=err, capsize=4, color="#4c72b0")
-    ax.set_ylabel("share of posts")
-    ax.set_title("stance shares with 95% intervals")
-    doc.image(_save(fig, folder / "shares.png"), "stance shares")
-    ot = summary["over_time"]
-    if ot and ot["periods"]:
-        doc.heading(f"Over time ({ot['frequency']}, by {ot['date_column']})")
-        periods = list(ot["periods"])
-        fig, ax = plt.subplots(figsize=(8, 3.6))
-        totals = [sum(ot["periods"][p].values()) for p in periods]
-        for s in names:   # numeric x: period labels such as "2025-09-01" are not to be parsed again
-            ax.plot(range(len(periods)), [ot["periods"][p].get(s, 0) / max(t, 1) for p, t in zip(periods, totals)],
-                    marker="o", ms=3, label=s)
-        ax.set_ylabel("share of posts")
-        ax.legend(fontsize=8)
-        step = max(1, math.ceil(len(periods) / 12))
-        ax.set_xticks(range(0, len(periods), step), [periods[i] for i in range(0, len(periods), step)], rotation=30, fontsize=7)
-        doc.image(_save(fig, folder / "over_time.png"), "stance over time")
-        doc.table(["period", "posts", *names],
-                  [[p, sum(c.values()), *[pct(c.get(s, 0) / max(sum(c.values()), 1)) for s in names]]
-                   for p, c in ot["periods"].items()])
-    for g, vals in summary["by"].items():
-        doc.heading(f"By {g}")
-        doc.table([g, "posts", *[f"{s} %" for s in names]],
-                  [[k, sum(c.values()), *[pct(c.get(s, 0) / max(sum(c.values()), 1)) for s in names]]
-                   for k, c in sorted(vals.items(), key=lambda kv: -sum(kv[1].values()))])
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-        keys = [k for k, _ in sorted(vals.items(), key=lambda kv: -sum(kv[1].values()))][:12]
-        bottom = np.zeros(len(keys))
-        for s in names:
-            share = np.array([vals[k].get(s, 0) / max(sum(vals[k].values()), 1) for k in keys])
-            ax.bar(range(len(keys)), share, bottom=bottom, label=s)
-            bottom += share
-        ax.set_xticks(range(len(keys)), keys)
-        ax.set_ylabel("share")
-        ax.legend(fontsize=7, ncol=len(names))
-        doc.image(_save(fig, folder / f"by_{g}.png"), f"stance by {g}")
-    if summary["examples"]:
-        doc.heading("Most confident examples per stance")
-        doc.table(["stance", "confidence", "line", "text"],
-                  [[s, f"{e['confidence']:.3f}", e["line"], e["text"]] for s, items in summary["examples"].items()
-                   for e in items], text_cols=(3,))
-    doc.write(title)
-    return "\n".join([f"{summary['labelled']:,} labelled posts in {path}:"]
-                     + [f"  {s:<10} {pct(v['share']):>5}%  [{pct(v['ci95'][0])}, {pct(v['ci95'][1])}]"
-                        for s, v in shares.items()] + [f"report: {folder / 'report.html'}"])

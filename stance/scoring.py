@@ -195,12 +195,28 @@ def score_files(inputs: Sequence[str], output: str, clf, options: Optional[Score
             out.clean()
         raise
     progress.close()
+    if not out.stdout:
+        _write_provenance(output, clf, state, options)
     for r in readers:
         summary.skipped_lines.extend((r.path, line, reason) for line, reason in r.skipped)
     summary.rows = state["rows_done"]
     summary.scored = sum(summary.stances.values())
     summary.seconds = time.time() - t0
     return summary
+
+
+def _write_provenance(output: str, clf, state: Dict, options: ScoreOptions) -> None:
+    """OUTPUT.meta.json: how the file was made (tool, model and its digest, runtime actually used, inputs)."""
+    from . import __version__
+    meta = {"stance_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": sys.argv, "model": str(Path(clf.folder).resolve()), "model_digest": state["model"],
+            "labels": clf.labels, "runtime": clf.runtime, "runtime_reason": clf.runtime_reason,
+            "temperature": clf.meta.temperature,
+            "min_confidence": clf.meta.min_confidence if options.min_confidence is None else options.min_confidence,
+            "text_column": options.text_column, "inputs": state["inputs"], "rows": state["rows_done"]}
+    tmp = output + ".meta.json.tmp"
+    Path(tmp).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, output + ".meta.json")
 
 
 def _output_columns(readers: List[TableReader], clf) -> List[str]:

@@ -28,6 +28,7 @@ from .engines import TfidfEngine, TransformerEngine
 from .folder import ModelMeta
 from .hardware import detect, pick_device
 from .metrics import compute_metrics, coverage_curve, fit_temperature, slice_metrics, softmax
+from .prevalence import write_labelled_outputs
 from .textnorm import Normalizer
 
 log = logging.getLogger("stance.train")
@@ -116,6 +117,9 @@ def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
                        min_confidence=calibration.get("min_confidence", 0.0))
         metrics: Dict = {"calibration": calibration} if calibration else {}
         metrics.update(_evaluate(splits, logits, meta))
+        # The model's error rates on labelled posts, for the share estimators of `stance report` (acc, pacc, emq).
+        write_labelled_outputs(tmp, labels, {name: (ids[name], softmax(logits[name], meta.temperature))
+                                             for name in ("dev", "test") if name in logits})
         if meta.engine == "transformer" and cfg.model.fast_path:
             checks = {"fast_path": lambda: _build_fast_path(tmp, meta, texts, splits, logits),
                       "bf16": lambda: _check_bf16(tmp, meta, texts, splits, logits)}
