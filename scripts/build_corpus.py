@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -62,16 +63,22 @@ def assign_splits(posts, period=7, dev_slot=5, test_slot=2):
 
 
 def dedupe(posts):
-    """Drop exact and near duplicates; from a pair, the train member goes first (keeps dev/test intact)."""
+    """Drop exact and near duplicates; from a pair, the train member goes first (keeps dev/test intact).
+
+    Posts that repeat a post of the writer-disjoint external set are dropped too: that set stays as written.
+    """
+    external = [json.loads(line)["text"] for line in open(DATA / "external" / "external.jsonl", encoding="utf-8")
+                if line.strip()] if (DATA / "external" / "external.jsonl").exists() else []
     rank = {"test": 0, "dev": 1, "train": 2}
     order = sorted(range(len(posts)), key=lambda i: rank[posts[i]["_split"]])
-    seen, keep = set(), []
+    seen, keep = {normalise_for_matching(t) for t in external}, []
     for i in order:
         key = normalise_for_matching(posts[i]["text"])
         if key not in seen:
             seen.add(key)
             keep.append(posts[i])
-    drop = {j for _, j, _ in near_duplicate_pairs([p["text"] for p in keep])}
+    pairs = near_duplicate_pairs(external + [p["text"] for p in keep])
+    drop = {j - len(external) for _, j, _ in pairs if j >= len(external)}
     print(f"dropped {len(posts) - len(keep)} exact and {len(drop)} near duplicates", file=sys.stderr)
     return [p for i, p in enumerate(keep) if i not in drop]
 
@@ -84,7 +91,9 @@ def main():
     args = ap.parse_args()
     if args.merge_annotations is not None:
         return merge(args.merge_annotations, args.adjudication)
-    posts = load_batches(args.batches)
+    # Batches in number order (batch_2 before batch_10), whatever order the shell's glob gave.
+    posts = load_batches(sorted(args.batches, key=lambda p: [int(t) if t.isdigit() else t
+                                                             for t in re.split(r"(\d+)", Path(p).stem)]))
     for p in posts:
         p["id"] = f"{p['_batch'].replace('batch_', 'b')}-{p['_line']:04d}"
     assign_splits(posts)

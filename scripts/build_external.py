@@ -1,9 +1,9 @@
 """Build data/external/external.jsonl, the writer-disjoint test set, from its raw files.
 
 Reads the four writers' batches (data/raw/external/writer_x*.jsonl), gives each post an id
-(`e<writer>-<line>`), merges the blind second annotation and the adjudication, and drops every post
-that repeats (exactly, or at character 5-gram Jaccard >= 0.6) a train/dev/test post or an earlier
-external post. Composes no text. See data/README.md, "The external set".
+(`e<writer>-<line>`), merges the blind second annotation and the adjudication, drops the posts recorded in dropped_duplicates.json (those that repeated,
+exactly or at character 5-gram Jaccard >= 0.6, a corpus post or an earlier external post when the set was
+written), and checks that no kept post repeats the corpus as it is now. Composes no text. See data/README.md, "The external set".
 
     python scripts/build_external.py
 """
@@ -37,24 +37,24 @@ def main() -> None:
             posts.append({**rec, "id": pid, "writer": writer, "hard": bool(rec.get("hard")),
                           "hard_rule": rec.get("hard_rule") or "", "label_writer": rec["label"],
                           "label_annotator": second[pid], "label": adjudicated.get(pid, rec["label"])})
+    # Which posts were dropped as repeats was decided once, when the set was written (against the first-round
+    # corpus), and is recorded; rebuilding applies that record, then checks that nothing repeats now.
+    dropped = set(json.loads((RAW / "dropped_duplicates.json").read_text()))
+    kept = [p for p in posts if p["id"] not in dropped]
     corpus = [r["text"] for split in ("train", "dev", "test") for r in read_jsonl(DATA / f"{split}.jsonl")]
-    seen = {normalise_for_matching(t) for t in corpus}
-    kept, dropped = [], []
-    for p in posts:                      # exact repeats of the corpus or of an earlier external post
-        key = normalise_for_matching(p["text"])
-        (dropped if key in seen else kept).append(p)
-        seen.add(key)
     texts = corpus + [p["text"] for p in kept]
-    near = {j - len(corpus) for _, j, _ in near_duplicate_pairs(texts) if j >= len(corpus)}
-    dropped += [p for i, p in enumerate(kept) if i in near]
-    kept = [p for i, p in enumerate(kept) if i not in near]
+    exact = {normalise_for_matching(t) for t in corpus}
+    repeats = [p["id"] for p in kept if normalise_for_matching(p["text"]) in exact]
+    repeats += [kept[j - len(corpus)]["id"] for _, j, _ in near_duplicate_pairs(texts) if j >= len(corpus)]
+    if repeats:
+        raise SystemExit(f"external posts repeat the corpus or each other: {sorted(set(repeats))[:10]}; drop the "
+                         "corpus posts (scripts/build_corpus.py does for new batches), not these")
     out = DATA / "external" / "external.jsonl"
     out.parent.mkdir(exist_ok=True)
     with open(out, "w", encoding="utf-8") as fh:
         for p in kept:
             fh.write(json.dumps({k: p[k] for k in FIELDS}, ensure_ascii=False) + "\n")
-    (RAW / "dropped_duplicates.json").write_text(json.dumps(sorted(p["id"] for p in dropped), indent=0) + "\n")
-    print(f"{out}: {len(kept)} posts ({len(dropped)} repeats dropped of {len(posts)})")
+    print(f"{out}: {len(kept)} posts ({len(dropped)} repeats dropped of {len(posts)}, as recorded)")
 
 
 if __name__ == "__main__":

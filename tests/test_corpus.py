@@ -30,7 +30,7 @@ def test_mix():
     labels, langs = Counter(r["label"] for r in ALL), Counter(r["lang"] for r in ALL)
     for label, share in (("support", .30), ("oppose", .30), ("question", .20), ("neutral", .20)):
         assert abs(labels[label] / n - share) < 0.03, (label, labels[label] / n)
-    assert langs["en"] / n >= 0.65 and langs["es"] / n >= 0.20 and langs["mixed"] / n >= 0.05
+    assert langs["en"] / n >= 0.60 and langs["es"] / n >= 0.20 and langs["mixed"] / n >= 0.05
     assert sum(r["hard"] for r in ALL) / n >= 0.30
 
 
