@@ -17,6 +17,20 @@ data_app = typer.Typer(no_args_is_help=True, help="Check labelled data files.")
 app.add_typer(data_app, name="data")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+        typer.echo(f"stance {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Label posts as support / oppose / question / neutral toward US military action against Latin American
+    drug cartels: train, score, evaluate, report."""
+
+
 def _setup_logging(quiet: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
 

@@ -77,8 +77,10 @@ class RunConfig:
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig}
 
 
-def _coerce(value: Any, current: Any, key: str, source: str) -> Any:
-    """Parse a --set string (or YAML scalar) into the type of the default."""
+def _coerce(value: Any, current: Any, key: str, source: str, optional: bool = False) -> Any:
+    """Parse a --set string (or YAML scalar) into the type of the default; `null` clears an optional key."""
+    if optional and (value is None or (isinstance(value, str) and value.strip().lower() in ("null", "~", "none"))):
+        return None
     if isinstance(value, str) and not isinstance(current, str):
         value = yaml.safe_load(value)
     if isinstance(current, float) and isinstance(value, str):
@@ -114,7 +116,8 @@ def _apply(cfg: RunConfig, key: str, value: Any, source: str) -> None:
         near = suggestion(parts[1], names)
         raise StanceError(f"unknown config key '{key}'", path=source,
                           hint=near.replace("'", f"'{parts[0]}.", 1) if near else f"keys of {parts[0]}: {', '.join(names)}")
-    setattr(section, parts[1], _coerce(value, getattr(section, parts[1]), key, source))
+    optional = "Optional" in str({f.name: f.type for f in dataclasses.fields(section)}[parts[1]])
+    setattr(section, parts[1], _coerce(value, getattr(section, parts[1]), key, source, optional))
 
 
 def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> RunConfig:

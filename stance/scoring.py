@@ -98,6 +98,28 @@ class _Output:
         self.ckpt = path + ".ckpt.json"
         self.stdout = path == "-"
 
+    def lock(self) -> None:
+        """Hold OUTPUT.lock for this run: a second run on the same output stops instead of corrupting it."""
+        self._lock = open(self.path + ".lock", "a+")
+        try:
+            import fcntl
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:     # no fcntl (Windows): runs are not guarded against each other
+            pass
+        except OSError:
+            self._lock.close()
+            raise StanceError("another `stance score` run is writing this output", path=self.path,
+                              hint="wait for it to finish, or write to another file") from None
+
+    def unlock(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None and not lock.closed:
+            try:
+                os.remove(self.path + ".lock")
+            except OSError:
+                pass
+            lock.close()
+
     def clean(self) -> None:
         for p in (self.partial, self.ckpt):
             if os.path.isdir(p):
@@ -125,12 +147,16 @@ def score_files(inputs: Sequence[str], output: str, clf, options: Optional[Score
     options = options or ScoreOptions()
     if not inputs:
         raise StanceError("no input files given")
+    if output != "-" and os.path.isdir(output):
+        raise StanceError("the output is a folder; give a file name", path=output)
     out_fmt = options.output_format or (detect_format(output) if output != "-" else "csv")
     if inputs.count("-") and options.resume:
         raise StanceError("--resume needs input files, not stdin")
     out = _Output(output, out_fmt)
     if out.stdout and options.resume:
         raise StanceError("--resume needs an output file, not stdout")
+    if out.stdout and out_fmt == "parquet":
+        raise StanceError("Parquet cannot be written to stdout", hint="write to a file, or use --format csv or jsonl")
     if not out.stdout:
         for path in inputs:
             if path != "-" and Path(path).resolve() == Path(output).resolve():
@@ -152,16 +178,32 @@ def score_files(inputs: Sequence[str], output: str, clf, options: Optional[Score
         "version": CHECKPOINT_VERSION,
         "inputs": [{"path": os.path.abspath(p), "sha256": file_sha256(p)} for p in inputs if p != "-"],
         "model": folder_digest(clf.folder),
-        "options": {k: v for k, v in asdict(options).items() if k in ("text_column", "min_confidence",
-                                                                       "excel_safe", "output_format")},
+        "options": {k: v for k, v in asdict(options).items() if k in ("text_column", "min_confidence", "excel_safe",
+                                                                       "output_format", "encoding")},
         "format": out_fmt, "rows_done": 0, "output_bytes": 0, "parts": 0,
         "stances": {}, "notes": {},
     }
     summary = ScoreSummary(output=output)
+    if not out.stdout:
+        out.lock()
+    try:
+        return _score_locked(readers, out, clf, options, columns, state, summary, inputs, output)
+    finally:
+        out.unlock()
+
+
+def _score_locked(readers, out: "_Output", clf, options: ScoreOptions, columns, state, summary, inputs,
+                  output) -> ScoreSummary:
     previous = out.read_checkpoint() if not out.stdout else None
-    if options.resume:
-        if previous is None:
-            raise StanceError("nothing to resume: no checkpoint beside the output", path=out.ckpt)
+    resume = options.resume
+    if resume and previous is None:
+        log.warning("--resume: no unfinished run of this output; starting a fresh one")
+        resume = False
+    if resume and previous.get("rows_done") and not os.path.exists(out.partial):
+        raise StanceError("cannot resume: the partial output is gone (the checkpoint says "
+                          f"{previous['rows_done']:,} rows were written to {out.partial})", path=out.ckpt,
+                          hint="run again without --resume to start over")
+    if resume:
         for key in ("inputs", "model", "options", "format"):
             if previous.get(key) != state[key]:
                 what = {"inputs": "the input changed", "model": "the model changed",
@@ -175,7 +217,7 @@ def score_files(inputs: Sequence[str], output: str, clf, options: Optional[Score
     elif previous is not None:
         log.warning("an unfinished earlier run of this output exists; starting over (use --resume to continue it)")
         out.clean()
-    if not out.stdout and not options.resume:
+    if not out.stdout and not resume:
         out.write_checkpoint(state)      # resumable even if stopped inside the first chunk
 
     total = sum(filter(None, (_count_rows(p, r.format) for p, r in zip(inputs, readers)))) if "-" not in inputs else None
@@ -189,9 +231,12 @@ def score_files(inputs: Sequence[str], output: str, clf, options: Optional[Score
             log.error("interrupted after %s rows; finished chunks are kept: rerun with --resume to continue",
                       f"{state['rows_done']:,}")
         raise
-    except BaseException:
+    except BaseException as exc:
         progress.close()
-        if not out.stdout:
+        if not out.stdout and state["rows_done"]:     # keep finished chunks: a fixed cause resumes, not restarts
+            log.error("stopped after %s rows (%s); finished chunks are kept: fix the cause and rerun with --resume",
+                      f"{state['rows_done']:,}", exc)
+        elif not out.stdout:
             out.clean()
         raise
     progress.close()
@@ -226,7 +271,12 @@ def _output_columns(readers: List[TableReader], clf) -> List[str]:
             raise StanceError("columns differ from the first input's "
                               f"({', '.join(first)})", path=r.path, line=1)
     added = clf.output_columns
-    return [c for c in first if c not in added] + added
+    taken = [c for c in first if c in added]
+    if taken:      # never overwrite a user's column (a gold `stance` column, say) without a word
+        raise StanceError(f"the input already has column(s) {', '.join(taken)}, which scoring adds",
+                          path=readers[0].path, column=taken[0],
+                          hint="rename them in the input (e.g. stance -> gold_stance) before scoring")
+    return first + added
 
 
 def _run(readers, out: _Output, clf, options: ScoreOptions, columns, state, summary, progress) -> None:
@@ -266,7 +316,7 @@ def _run(readers, out: _Output, clf, options: ScoreOptions, columns, state, summ
                     state["parts"] += 1
                 else:
                     buf = io.StringIO()
-                    TableWriter(buf, out.format, columns, write_header=header_needed).write(scored)
+                    TableWriter(buf, out.format, columns, write_header=header_needed, excel_safe=options.excel_safe).write(scored)
                     header_needed = False
                     if out.stdout:
                         writer_stream.write(buf.getvalue())
@@ -286,7 +336,7 @@ def _run(readers, out: _Output, clf, options: ScoreOptions, columns, state, summ
                 progress.update(len(chunk))
         if header_needed and out.format in ("csv", "tsv"):   # an input with a header and no rows
             buf = io.StringIO()
-            TableWriter(buf, out.format, columns, write_header=True)
+            TableWriter(buf, out.format, columns, write_header=True, excel_safe=options.excel_safe)
             if out.stdout:
                 writer_stream.write(buf.getvalue())
             else:

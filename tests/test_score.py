@@ -53,7 +53,8 @@ def test_round_trip_keeps_columns_and_rows(tmp_path, clf):
     probs = df.loc[:49, ["p_support", "p_oppose", "p_question", "p_neutral"]].astype(float).sum(axis=1)
     assert ((probs - 1).abs() < 1e-3).all()
     assert summary.rows == 52 and summary.scored == 50 and summary.notes["empty_text"] == 2
-    assert not list(tmp_path.glob("out.csv.*"))          # no partial or checkpoint left
+    # No partial, checkpoint or lock left; only the provenance beside the output.
+    assert [p.name for p in tmp_path.glob("out.csv.*")] == ["out.csv.meta.json"]
 
 
 def test_min_confidence_marks_uncertain(tmp_path, clf):
@@ -77,7 +78,7 @@ def test_output_formats(tmp_path, clf, fmt):
     df = {"jsonl": lambda p: pd.read_json(p, lines=True, dtype=False), "parquet": pd.read_parquet,
           "tsv": lambda p: pd.read_csv(p, sep="\t", dtype=str)}[fmt](out)
     assert len(df) == 30 and list(df.columns)[-7:] == ADDED
-    assert not list(tmp_path.glob(f"out.{fmt}.*"))
+    assert [p.name for p in tmp_path.glob(f"out.{fmt}.*")] == [f"out.{fmt}.meta.json"]
 
 
 def test_gzip_jsonl_and_parquet_inputs(tmp_path, clf):
@@ -238,3 +239,114 @@ def test_score_frame_is_a_pure_batch_function(clf):
     assert list(out.columns) == ["id", "text"] + ADDED
     assert out["stance_note"][1] == "missing_text" and out["stance"][0] in clf.labels
     assert list(df.columns) == ["id", "text"]            # the input frame is untouched
+
+
+# -- outputs a user can trust (each case failed before its fix) -------------------------------------------------
+
+def test_second_run_on_the_same_output_is_refused(tmp_path, clf):
+    """Two runs writing one output: the second stops at once instead of interleaving with the first."""
+    src = export(tmp_path / "in.csv", 20)
+    out = tmp_path / "out.csv"
+    import fcntl
+    holder = open(str(out) + ".lock", "a+")
+    fcntl.flock(holder.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)       # a run in progress
+    try:
+        with pytest.raises(StanceError, match="another `stance score` run is writing this output"):
+            score_files([str(src)], str(out), clf)
+        assert not out.exists() and not Path(str(out) + ".partial").exists()
+    finally:
+        holder.close()
+    score_files([str(src)], str(out), clf)                             # free again: it runs
+    assert len(pd.read_csv(out)) == 20 and not Path(str(out) + ".lock").exists()
+
+
+def test_resume_with_nothing_to_resume_starts_fresh_but_a_lost_partial_refuses(tmp_path, clf, monkeypatch):
+    src = export(tmp_path / "in.csv", 30)
+    out = tmp_path / "out.csv"
+    score_files([str(src)], str(out), clf, ScoreOptions(resume=True))         # first run of a cron retry loop
+    assert len(pd.read_csv(out)) == 30
+    out.unlink()
+    real = clf.score_records
+    calls = {"n": 0}
+
+    def stop_third(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(clf, "score_records", stop_third)
+    with pytest.raises(KeyboardInterrupt):
+        score_files([str(src)], str(out), clf, ScoreOptions(chunk_size=10))
+    Path(str(out) + ".partial").unlink()                                       # kill -9, then rm OUT.partial
+    monkeypatch.setattr(clf, "score_records", real)
+    with pytest.raises(StanceError, match="partial output is gone"):
+        score_files([str(src)], str(out), clf, ScoreOptions(chunk_size=10, resume=True))
+
+
+def test_input_columns_named_like_outputs_are_refused(tmp_path, clf):
+    src = tmp_path / "gold.csv"
+    pd.DataFrame({"text": ["no war", "bomb them"], "stance": ["oppose", "support"]}).to_csv(src, index=False)
+    with pytest.raises(StanceError, match=r"already has column\(s\) stance.*gold_stance"):
+        score_files([str(src)], str(tmp_path / "out.csv"), clf)
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_excel_safe_leaves_numbers_and_escapes_headers(tmp_path, clf):
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"text": ["=cmd|calc", "-5", "-1e3", "+ not a number", "fine"],
+                  "=SUM(A1)": ["a", "b", "c", "d", "e"]}).to_csv(src, index=False)
+    out = tmp_path / "out.csv"
+    score_files([str(src)], str(out), clf, ScoreOptions(excel_safe=True))
+    with open(out, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0][:2] == ["'text", "'=SUM(A1)"] or rows[0][:2] == ["text", "'=SUM(A1)"]
+    assert [r[0] for r in rows[1:]] == ["'=cmd|calc", "-5", "-1e3", "'+ not a number", "fine"]
+
+
+def test_resume_refuses_a_changed_encoding(tmp_path, clf, monkeypatch):
+    src = export(tmp_path / "in.csv", 30)
+    out = tmp_path / "out.csv"
+    real = clf.score_records
+    monkeypatch.setattr(clf, "score_records", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        score_files([str(src)], str(out), clf, ScoreOptions(chunk_size=10))
+    monkeypatch.setattr(clf, "score_records", real)
+    with pytest.raises(StanceError, match="scoring options changed"):
+        score_files([str(src)], str(out), clf, ScoreOptions(chunk_size=10, resume=True, encoding="latin-1"))
+
+
+def test_an_error_mid_run_keeps_finished_chunks_for_resume(tmp_path, clf, monkeypatch):
+    src = export(tmp_path / "in.csv", 40)
+    out = tmp_path / "out.csv"
+    real, calls = clf.score_records, {"n": 0}
+
+    def disk_full(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device")
+        return real(*a, **k)
+    monkeypatch.setattr(clf, "score_records", disk_full)
+    with pytest.raises(OSError):
+        score_files([str(src)], str(out), clf, ScoreOptions(chunk_size=10))
+    assert json.loads(Path(str(out) + ".ckpt.json").read_text())["rows_done"] == 20
+    monkeypatch.setattr(clf, "score_records", real)
+    summary = score_files([str(src)], str(out), clf, ScoreOptions(chunk_size=10, resume=True))
+    assert summary.resumed_from == 20
+    assert list(pd.read_csv(out, dtype=str)["post_id"]) == [str(1000 + i) for i in range(40)]
+
+
+def test_output_mistakes_are_named_before_any_work(tmp_path, clf):
+    src = export(tmp_path / "in.csv", 5)
+    with pytest.raises(StanceError, match="is a folder"):
+        score_files([str(src)], str(tmp_path), clf)
+    with pytest.raises(StanceError, match="Parquet cannot be written to stdout"):
+        score_files([str(src)], "-", clf, ScoreOptions(output_format="parquet"))
+
+
+def test_version_and_set_null(tmp_path):
+    r = subprocess.run(STANCE + ["--version"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.startswith("stance ")
+    from stance.config import load_config
+    cfg = load_config(None, ["data.dev=null", "data.test=~"])
+    assert cfg.data.dev is None and cfg.data.test is None
+    assert load_config(None, ["output_dir=null"]).output_dir == "null"     # not optional: stays a name
