@@ -86,8 +86,9 @@ def main():
                 labels = [r["stance"] for r in csv.DictReader(fh)]
             results[name] = (args.n / wall, rss, labels)
 
-    print(f"{args.n:,} posts (example export, repeated), model {args.model}, runtime of `stance score`: {fast.runtime}, "
-          f"{os.cpu_count()} CPU cores")
+    print(f"{args.n:,} posts (example export, repeated), model {args.model}, {os.cpu_count()} CPU cores of "
+          f"{detect().describe()}")
+    print(f"runtime of `stance score`: {fast.runtime}: {fast.runtime_reason}")
     print(f"{'path':<30} {'posts/s':>9} {'peak RSS MB':>12} {'labels = pipeline':>18}")
     base = results["pipeline"]
     for name, (rate, rss, labels) in results.items():

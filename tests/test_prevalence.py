@@ -136,3 +136,22 @@ def test_report_with_gold_and_by(tfidf_model, tmp_path):
     assert "ppi" in page and "95% interval" in page
     r = run("report", str(tmp_path / "scored.csv"), "-o", str(tmp_path / "rep2"), "--estimator", "ppi")
     assert r.returncode == 2 and "needs --gold" in r.stderr
+
+
+def test_emq_recovers_shifted_shares_from_calibrated_posteriors():
+    """Posteriors that are exact under a uniform prior (Gaussian classes): EM re-weights them to the new shares."""
+    rng = np.random.default_rng(4)
+
+    def posts(n, shares):
+        gold = rng.choice(K, size=n, p=shares)
+        x = rng.normal(size=(n, K)) + 1.5 * np.eye(K)[gold]
+        z = 1.5 * x
+        p = np.exp(z - z.max(1, keepdims=True))
+        return gold, p / p.sum(1, keepdims=True)
+
+    labelled = LabelledOutputs(*posts(4000, [.25] * 4), "uniform dev")
+    truth = np.array([.5, .1, .15, .25])
+    gold, probs = posts(20000, truth)
+    e = estimate(GroupStats(K).add(probs), "emq", labelled, n_boot=30)
+    assert np.abs(e.shares - np.bincount(gold, minlength=K) / len(gold)).max() < 0.03
+    assert np.abs(estimate(GroupStats(K).add(probs), "pcc").shares - truth).max() > 0.05   # unadjusted is off
