@@ -145,6 +145,27 @@ def report(
     typer.echo(summary)
 
 
+@app.command()
+def sample(
+    scored: str = typer.Argument(..., help="A file written by `stance score` (or any export, for random/diverse)."),
+    n: int = typer.Option(..., "-n", min=1, help="How many posts to pick."),
+    output: str = typer.Option(..., "--output", "-o", help="CSV, TSV or JSONL to label by hand."),
+    strategy: str = typer.Option("random", "--strategy",
+                                 help="random (the only one valid for unbiased accuracy figures and for "
+                                      "`stance report --estimator ppi`), uncertainty (smallest margin between the "
+                                      "two most likely labels), stratified (equal numbers per predicted label and "
+                                      "language), diverse (one post per cluster of similar posts)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed picks the same posts."),
+    text_column: str = typer.Option("text", "--text-column"),
+):
+    """Pick posts from a scored export for a person to label; keeps every column, never empty or repeated texts."""
+    from .sampling import output_columns, sample_scored, write_sample
+    result = sample_scored(scored, n, strategy, seed, text_column)
+    write_sample(result, output, output_columns(scored))
+    typer.echo(f"picked {len(result.rows):,} of {result.eligible:,} posts by {strategy} -> {output} "
+               f"({result.skipped_empty:,} empty and {result.skipped_repeats:,} repeated texts never picked)")
+
+
 @data_app.command("check")
 def data_check(
     paths: List[str] = typer.Argument(..., help="Labelled files; give all splits together to check leakage."),

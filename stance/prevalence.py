@@ -255,6 +255,7 @@ def _ppi(stats: GroupStats, gold: Optional[LabelledOutputs]) -> Estimate:
     rectifier_var = (Y - lam * f).var(0) / n
     half = Z95 * np.sqrt(imputed_var + rectifier_var)
     notes = [f"{n} gold posts"] + ([] if gold.random_sample else
-                                   ["the gold posts are not marked as a random sample of this export: the "
-                                    "interval is valid only if they were drawn at random"])
+                                   ["the gold posts are not marked as a random sample of this export (stance "
+                                    "sample --strategy random marks them): the interval is valid only if they "
+                                    "were drawn at random"])
     return Estimate("ppi", point, np.clip(point - half, 0, 1), np.clip(point + half, 0, 1), N, notes)

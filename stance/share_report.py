@@ -21,6 +21,7 @@ from .labels import LABELS, map_label
 from .metrics import pct
 from .prevalence import ESTIMATORS, NEEDS_LABELLED, GroupStats, LabelledOutputs, estimate
 from .reporting import Doc, pyplot, save_figure
+from .sampling import is_random_sample
 
 DEFAULT_ESTIMATOR = "pacc"
 GROUP_COLUMNS = ("lang", "platform", "source")
@@ -106,7 +107,8 @@ def _number(value) -> float:
     return x if math.isfinite(x) else 0.0
 
 
-def _load_gold(path: str, labels: List[str], id_column: str) -> Dict[str, int]:
+def _load_gold(path: str, labels: List[str], id_column: str) -> tuple:
+    """{id: label id} from a hand-labelled file, and whether it says it is a random sample (`stance sample`)."""
     columns, rows = read_rows(path)
     for col in (id_column, "label"):
         if col not in columns:
@@ -122,7 +124,7 @@ def _load_gold(path: str, labels: List[str], id_column: str) -> Dict[str, int]:
     if bad:
         raise StanceError(f"{len(bad)} gold row(s) with a label the model does not have: {'; '.join(bad[:5])}",
                           path=path, column="label", hint=f"labels are {', '.join(labels)}")
-    return gold
+    return gold, bool(is_random_sample([r.values for r in rows]))
 
 
 def summarise_scored(path: str, estimator: Optional[str] = None, model: Optional[str] = None,
@@ -141,7 +143,7 @@ def summarise_scored(path: str, estimator: Optional[str] = None, model: Optional
     date_col = date_column or next((c for c in ("created_at", "date", "timestamp", "time") if c in reader.columns), None)
     text_col = next((c for c in ("text", "body", "content", "message") if c in reader.columns), None)
     groups = list(dict.fromkeys([*(c for c in GROUP_COLUMNS if c in reader.columns), *by]))
-    gold_ids = _load_gold(gold, labels, id_column) if gold else {}
+    gold_ids, gold_random = _load_gold(gold, labels, id_column) if gold else ({}, False)
     if gold and id_column not in reader.columns:
         raise StanceError(f"--gold is joined by id, but the scored file has no '{id_column}' column", path=path,
                           hint="pass --id-column")
@@ -159,13 +161,13 @@ def summarise_scored(path: str, estimator: Optional[str] = None, model: Optional
         if estimator == "ppi" and found < 2:
             raise StanceError("too few gold posts match the scored file's ids for 'ppi'", path=gold)
         if estimator != "ppi" and labelled is None:
-            labelled = _gold_outputs(c.gold_rows, gold, lambda r: True)
+            labelled = _gold_outputs(c.gold_rows, gold, lambda r: True, gold_random)
     if estimator in ("acc", "pacc", "emq") and labelled is None:
         raise StanceError(f"the '{estimator}' estimator needs labelled posts",
                           hint="pass --model with the folder that scored the file, or --gold")
 
     def shares(stats: GroupStats, select) -> Dict:
-        gold_here = _gold_outputs(c.gold_rows, gold, select) if estimator == "ppi" else None
+        gold_here = _gold_outputs(c.gold_rows, gold, select, gold_random) if estimator == "ppi" else None
         if estimator == "ppi" and (gold_here is None or len(gold_here.gold) < 2):
             return {"n": stats.n, "notes": ["fewer than 2 gold posts in this group: no estimate"], "shares": {}}
         return estimate(stats, estimator, labelled, gold_here, n_boot=n_boot).to_dict(labels)
@@ -232,12 +234,12 @@ def _choose(estimator: Optional[str], model: Optional[str], labels, gold_ids, go
     return chosen, labelled, notes
 
 
-def _gold_outputs(rows, path, select) -> Optional[LabelledOutputs]:
+def _gold_outputs(rows, path, select, random_sample: bool) -> Optional[LabelledOutputs]:
     picked = [r for r in rows if select(r)]
     if not picked:
         return None
     return LabelledOutputs(np.array([r[0] for r in picked]), np.array([r[1] for r in picked]),
-                           f"the gold sample {path} ({len(picked):,} posts)", random_sample=False)
+                           f"the gold sample {path} ({len(picked):,} posts)", random_sample=random_sample)
 
 
 def write_scored_report(path: str, folder: Path, **options) -> str:

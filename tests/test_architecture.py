@@ -17,7 +17,7 @@ LAYERS = [
     {"backbones", "config", "data", "engines", "runtime", "card", "check"},
     {"onnx_runtime"},
     {"model"},
-    {"scoring", "evaluation", "train"},
+    {"scoring", "evaluation", "train", "sampling"},
     {"reporting", "share_report"},
     {"cli"},
 ]

@@ -136,6 +136,12 @@ def test_report_with_gold_and_by(tfidf_model, tmp_path):
     assert "ppi" in page and "95% interval" in page
     r = run("report", str(tmp_path / "scored.csv"), "-o", str(tmp_path / "rep2"), "--estimator", "ppi")
     assert r.returncode == 2 and "needs --gold" in r.stderr
+    pd.DataFrame(gold).assign(sample_strategy="random").to_csv(tmp_path / "gold_random.csv", index=False)
+    r = run("report", str(tmp_path / "scored.csv"), "-o", str(tmp_path / "rep3"), "--estimator", "ppi",
+            "--gold", str(tmp_path / "gold_random.csv"))
+    assert r.returncode == 0, r.stderr
+    notes = json.loads((tmp_path / "rep3/summary.json").read_text())["notes"]
+    assert not any("not marked as a random sample" in n for n in notes)      # `stance sample` marked it
 
 
 def test_emq_recovers_shifted_shares_from_calibrated_posteriors():
