@@ -55,6 +55,9 @@ def evaluate_model(clf: StanceClassifier, data: LabelledData, n_boot: int = 1000
         "model_min_confidence": clf.meta.min_confidence,
     }
     conf = probs.max(1)
+    sure = conf >= 0.9          # "when it says 90%, is it right 90% of the time?" on these posts
+    m["confident"] = {"share_at_0.9": float(sure.mean()),
+                      "accuracy_at_0.9": float((pred_ids == gold_ids)[sure].mean()) if sure.any() else None}
     wrong = np.flatnonzero(pred_ids != gold_ids)
     worst = wrong[np.argsort(-conf[wrong], kind="stable")][:TOP_ERRORS]
     m["confident_errors"] = [{"text": data.texts[i], "gold": str(gold[i]), "predicted": str(pred[i]),

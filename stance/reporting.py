@@ -148,9 +148,11 @@ def write_evaluation_report(report: Dict, folder: Path) -> None:
     doc = Doc(title, folder)
     doc.para(f"Data: {', '.join(report['data'])} ({report['n']} posts). Labels: {', '.join(labels)}.")
     doc.heading("Summary")
-    doc.table(["model", "macro-F1", "95% CI", "F_avg", "accuracy", "ECE"],
+    doc.table(["model", "macro-F1", "95% CI", "F_avg", "accuracy", "ECE", "confidence ≥ 0.9: share / right"],
               [[n, pct(m["macro_f1"]), f"{pct(m['ci']['macro_f1'][0])}–{pct(m['ci']['macro_f1'][1])}",
-                pct(m["f_avg"]), pct(m["accuracy"]), f"{m['ece']:.3f}"] for n, m in models.items()])
+                pct(m["f_avg"]), pct(m["accuracy"]), f"{m['ece']:.3f}",
+                f"{pct(m['confident']['share_at_0.9'])}% / {pct(m['confident']['accuracy_at_0.9'])}%"]
+               for n, m in models.items()])
     for c in report["comparison"]:
         doc.para(f"Paired bootstrap, {c['model_a']} minus {c['model_b']}: macro-F1 difference "
                  f"{100 * c['difference']:+.1f} points (95% CI {100 * c['ci_low']:+.1f} to {100 * c['ci_high']:+.1f}), "
