@@ -166,6 +166,38 @@ def sample(
                f"({result.skipped_empty:,} empty and {result.skipped_repeats:,} repeated texts never picked)")
 
 
+@app.command()
+def annotate(
+    target: str = typer.Argument(..., help="The posts to label (CSV/JSONL, e.g. from `stance sample`), or the word "
+                                 "`export` followed by a label database."),
+    db: Optional[str] = typer.Argument(None, help="With `export`: the label database (.sqlite)."),
+    database: Optional[str] = typer.Option(None, "--db", help="Label database (default: FILE.labels.sqlite)."),
+    annotator: str = typer.Option("annotator", "--annotator", help="Your name: each annotator keeps their own labels."),
+    port: int = typer.Option(8765, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)."),
+    show_suggestion: bool = typer.Option(False, "--show-suggestion",
+                                         help="Show the model's label (hidden by default: it anchors judgement)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="With `export`: the gold JSONL to write."),
+    text_column: str = typer.Option("text", "--text-column"),
+    id_column: str = typer.Option("id", "--id-column"),
+):
+    """Label posts in the browser (keys 1-4, s skip, u undo, g guide); `stance annotate export DB -o gold.jsonl`
+    writes the labels, both annotators' columns and Cohen's kappa."""
+    from .annotate import export_labels, serve
+    if target == "export":
+        if not db or not output:
+            raise StanceError("usage: stance annotate export DB -o gold.jsonl")
+        result = export_labels(db, output)
+        kappa = "n/a (one annotator)" if result["kappa"] is None else f"{result['kappa']:.3f} on {result['both']} posts"
+        typer.echo(f"{result['labelled']} labelled posts ({result['agreed']} agreed) -> {output}; annotators "
+                   f"{', '.join(result['annotators'])}; Cohen's kappa {kappa}")
+        for d in result["disagreements"][:20]:
+            typer.echo(f"  disagreement {d['id']}: " + ", ".join(f"{k[6:]}={v}" for k, v in d.items()
+                                                                 if k.startswith("label_")) + f" | {d['text'][:80]}")
+        return
+    serve(target, database, annotator, port, host, show_suggestion, text_column, id_column)
+
+
 @data_app.command("check")
 def data_check(
     paths: List[str] = typer.Argument(..., help="Labelled files; give all splits together to check leakage."),

@@ -17,7 +17,7 @@ LAYERS = [
     {"backbones", "config", "data", "engines", "runtime", "card", "check"},
     {"onnx_runtime"},
     {"model"},
-    {"scoring", "evaluation", "train", "sampling"},
+    {"scoring", "evaluation", "train", "sampling", "annotate"},
     {"reporting", "share_report"},
     {"cli"},
 ]
