@@ -1,6 +1,5 @@
 """`stance annotate`: labels saved at once, per annotator, surviving a killed server; export with kappa."""
 import json
-import os
 import shutil
 import signal
 import socket
