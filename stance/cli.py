@@ -198,6 +198,34 @@ def annotate(
     serve(target, database, annotator, port, host, show_suggestion, text_column, id_column)
 
 
+@app.command()
+def adapt(
+    model: Path = typer.Option(..., "--model", "-m", help="The trained model folder to start from."),
+    gold: str = typer.Option(..., "--gold", help="Your labelled posts (columns text and label), e.g. from "
+                             "`stance annotate export`."),
+    output: str = typer.Option(..., "--output", "-o", help="The new model folder."),
+    holdout: float = typer.Option(0.3, "--holdout", min=0.1, max=0.6, help="Share of the gold posts held out "
+                                  "for the before/after comparison (never trained on)."),
+    replay: int = typer.Option(1000, "--replay", min=0, help="Original training posts mixed in, so the model "
+                               "keeps what it knew."),
+    epochs: int = typer.Option(3, "--epochs", min=1),
+):
+    """Fine-tune a model further on your own labelled posts; compares before and after on held-out gold posts."""
+    _setup_logging()
+    from .adapt import AdaptOptions, adapt as run_adapt
+    from .evaluation import evaluate_models
+    info = run_adapt(str(model), gold, output, AdaptOptions(holdout=holdout, replay=replay, epochs=epochs))
+    holdout_file = str(Path(output) / info["holdout_file"])
+    result = evaluate_models([output, str(model)], [holdout_file], n_boot=1000)
+    after, before = result["models"].values()          # in the order given: adapted first
+    c = result["comparison"][0]
+    typer.echo(f"adapted on {info['trained_on_gold']} gold + {info['replay_train']} replayed posts in "
+               f"{info['train_seconds']:.0f}s -> {output}")
+    typer.echo(f"held-out gold ({info['held_out']} posts): macro-F1 {before['macro_f1']:.3f} before, "
+               f"{after['macro_f1']:.3f} after ({100 * c['difference']:+.1f} points, 95% CI "
+               f"{100 * c['ci_low']:+.1f} to {100 * c['ci_high']:+.1f}, p = {c['p_value']:.3f})")
+
+
 @data_app.command("check")
 def data_check(
     paths: List[str] = typer.Argument(..., help="Labelled files; give all splits together to check leakage."),

@@ -18,6 +18,7 @@ LAYERS = [
     {"onnx_runtime"},
     {"model"},
     {"scoring", "evaluation", "train", "sampling", "annotate"},
+    {"adapt"},
     {"reporting", "share_report"},
     {"cli"},
 ]

