@@ -115,7 +115,7 @@ def _plot(results, path):
             ax.plot((bins[:-1] + bins[1:]) / 2, [err[which == b].mean() * 100 for b in range(10)], "o-", ms=3, label=est)
         ax.set_title(f"{pool} pool")
         ax.set_xlabel("true support share")
-    np.atleast_1d(axes)[0].set_ylabel("mean absolute error of the shares (points)")
+    np.atleast_1d(axes)[0].set_ylabel("MAE of shares (points)")
     np.atleast_1d(axes)[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -23,7 +23,7 @@ from .prevalence import ESTIMATORS, NEEDS_LABELLED, GroupStats, LabelledOutputs,
 from .reporting import Doc, pyplot, save_figure
 from .sampling import is_random_sample
 
-DEFAULT_ESTIMATOR = "pacc"
+DEFAULT_ESTIMATOR = "acc"   # lowest error on writer-disjoint posts (docs/prevalence.md)
 GROUP_COLUMNS = ("lang", "platform", "source")
 META_SUFFIX = ".meta.json"
 
