@@ -35,6 +35,19 @@ def export(path: Path, n: int = 50, extra_rows=()):
     return path
 
 
+def fail_on_chunk(clf, monkeypatch, chunk: int, exc: BaseException):
+    """Make the classifier raise `exc` on its `chunk`-th batch (1-based), as a Ctrl-C or a full disk would."""
+    real, calls = clf.score_records, {"n": 0}
+
+    def failing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == chunk:
+            raise exc
+        return real(*a, **k)
+    monkeypatch.setattr(clf, "score_records", failing)
+    return real
+
+
 @pytest.fixture
 def clf(tfidf_model):
     return StanceClassifier.load(tfidf_model)
@@ -170,14 +183,7 @@ def test_resume_after_interrupt_and_torn_write(tmp_path, clf, monkeypatch):
     """Ctrl-C after two chunks, then bytes of a half-written chunk: resume loses and duplicates nothing."""
     src = export(tmp_path / "in.csv", 100)
     out = tmp_path / "out.csv"
-    real, calls = clf.score_records, {"n": 0}
-
-    def flaky(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-    monkeypatch.setattr(clf, "score_records", flaky)
+    real = fail_on_chunk(clf, monkeypatch, 3, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         score_files([str(src)], str(out), clf, ScoreOptions(chunk_size=10))
     assert not out.exists()
@@ -219,18 +225,26 @@ def test_resume_after_kill_9(tmp_path, tfidf_model):
     assert ids == list(range(n))
 
 
-def test_resume_refuses_changed_input(tmp_path, clf, monkeypatch):
+def _append_a_row(src, options):
+    with open(src, "a") as fh:
+        fh.write("1,2,changed,3\n")
+    return options
+
+
+@pytest.mark.parametrize("change, message", [
+    (_append_a_row, "the input changed"),
+    (lambda src, options: ScoreOptions(**{**options.__dict__, "encoding": "latin-1"}), "scoring options changed"),
+])
+def test_resume_refuses_a_changed_input_or_encoding(tmp_path, clf, monkeypatch, change, message):
     src = export(tmp_path / "in.csv", 30)
     out = tmp_path / "out.csv"
-    real = clf.score_records
-    monkeypatch.setattr(clf, "score_records", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    real = fail_on_chunk(clf, monkeypatch, 1, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         score_files([str(src)], str(out), clf, ScoreOptions(chunk_size=10))
     monkeypatch.setattr(clf, "score_records", real)
-    with open(src, "a") as fh:
-        fh.write("1,2,changed,3\n")
-    with pytest.raises(StanceError, match="the input changed"):
-        score_files([str(src)], str(out), clf, ScoreOptions(chunk_size=10, resume=True))
+    options = change(src, ScoreOptions(chunk_size=10, resume=True))
+    with pytest.raises(StanceError, match=message):
+        score_files([str(src)], str(out), clf, options)
 
 
 def test_score_frame_is_a_pure_batch_function(clf):
@@ -266,15 +280,7 @@ def test_resume_with_nothing_to_resume_starts_fresh_but_a_lost_partial_refuses(t
     score_files([str(src)], str(out), clf, ScoreOptions(resume=True))         # first run of a cron retry loop
     assert len(pd.read_csv(out)) == 30
     out.unlink()
-    real = clf.score_records
-    calls = {"n": 0}
-
-    def stop_third(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-    monkeypatch.setattr(clf, "score_records", stop_third)
+    real = fail_on_chunk(clf, monkeypatch, 3, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         score_files([str(src)], str(out), clf, ScoreOptions(chunk_size=10))
     Path(str(out) + ".partial").unlink()                                       # kill -9, then rm OUT.partial
@@ -299,33 +305,14 @@ def test_excel_safe_leaves_numbers_and_escapes_headers(tmp_path, clf):
     score_files([str(src)], str(out), clf, ScoreOptions(excel_safe=True))
     with open(out, newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh))
-    assert rows[0][:2] == ["'text", "'=SUM(A1)"] or rows[0][:2] == ["text", "'=SUM(A1)"]
+    assert rows[0][:2] == ["text", "'=SUM(A1)"]
     assert [r[0] for r in rows[1:]] == ["'=cmd|calc", "-5", "-1e3", "'+ not a number", "fine"]
-
-
-def test_resume_refuses_a_changed_encoding(tmp_path, clf, monkeypatch):
-    src = export(tmp_path / "in.csv", 30)
-    out = tmp_path / "out.csv"
-    real = clf.score_records
-    monkeypatch.setattr(clf, "score_records", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
-    with pytest.raises(KeyboardInterrupt):
-        score_files([str(src)], str(out), clf, ScoreOptions(chunk_size=10))
-    monkeypatch.setattr(clf, "score_records", real)
-    with pytest.raises(StanceError, match="scoring options changed"):
-        score_files([str(src)], str(out), clf, ScoreOptions(chunk_size=10, resume=True, encoding="latin-1"))
 
 
 def test_an_error_mid_run_keeps_finished_chunks_for_resume(tmp_path, clf, monkeypatch):
     src = export(tmp_path / "in.csv", 40)
     out = tmp_path / "out.csv"
-    real, calls = clf.score_records, {"n": 0}
-
-    def disk_full(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise OSError(28, "No space left on device")
-        return real(*a, **k)
-    monkeypatch.setattr(clf, "score_records", disk_full)
+    real = fail_on_chunk(clf, monkeypatch, 3, OSError(28, "No space left on device"))
     with pytest.raises(OSError):
         score_files([str(src)], str(out), clf, ScoreOptions(chunk_size=10))
     assert json.loads(Path(str(out) + ".ckpt.json").read_text())["rows_done"] == 20
