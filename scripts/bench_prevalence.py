@@ -30,9 +30,11 @@ ESTIMATORS = ("cc", "pcc", "acc", "pacc", "emq", "ppi")
 
 
 def scored(clf: StanceClassifier, path: Path):
+    """Gold label ids, calibrated probabilities and writers (from the ids) of a labelled file."""
     data = load_labelled(str(path))
     index = {l: i for i, l in enumerate(clf.labels)}
-    return np.array([index[l] for l in data.labels]), clf.predict_proba(data.texts)
+    groups = LabelledOutputs.writer_groups(data.columns.get("id"))
+    return np.array([index[l] for l in data.labels]), clf.predict_proba(data.texts), groups
 
 
 def simulate(pool_gold, pool_probs, calibration: LabelledOutputs, args, rng, support: int):
@@ -71,15 +73,20 @@ def main():
     ap.add_argument("--gold", type=int, default=200)
     ap.add_argument("--boot", type=int, default=100, help="bootstrap resamples per interval")
     ap.add_argument("--plot", default=str(ROOT / "docs/prevalence.png"))
+    ap.add_argument("--post-bootstrap", action="store_true",
+                    help="bootstrap the error rates over posts instead of whole writers")
     args = ap.parse_args()
     t0 = time.time()
     clf = StanceClassifier.load(args.model)
     support = clf.labels.index("support")
     dev, test, ext = (scored(clf, ROOT / p) for p in ("data/dev.jsonl", "data/test.jsonl",
                                                        "data/external/external.jsonl"))
-    pools = {"test": (test, LabelledOutputs(*dev, "dev")),
-             "external": (ext, LabelledOutputs(np.concatenate([dev[0], test[0]]),
-                                               np.concatenate([dev[1], test[1]]), "dev + test"))}
+    if args.post_bootstrap:             # resample posts, not writers, for the error rates (as before writers)
+        dev, test = (dev[0], dev[1], None), (test[0], test[1], None)
+    cal_external = [np.concatenate([dev[i], test[i]]) if dev[i] is not None else None for i in range(3)]
+    pools = {"test": (test[:2], LabelledOutputs(dev[0], dev[1], "dev", groups=dev[2])),
+             "external": (ext[:2], LabelledOutputs(cal_external[0], cal_external[1], "dev + test",
+                                                   groups=cal_external[2]))}
     rng = np.random.default_rng(0)
     results = {name: simulate(*pool, cal, args, rng, support) for name, (pool, cal) in pools.items()}
     print(f"model {args.model} ({clf.runtime}); {args.resamples} resamples of {args.size} posts per pool, support "

@@ -8,8 +8,8 @@ from .errors import StanceError, suggestion
 from .io import read_mapping, read_rows
 from .labels import LABELS, map_label
 
-# Optional columns carried along for per-slice metrics.
-SLICE_COLUMNS = ("lang", "platform", "hard")
+# Optional columns carried along: for per-slice metrics, and ids (whose writer prefix groups posts).
+SLICE_COLUMNS = ("lang", "platform", "hard", "id")
 
 
 @dataclass

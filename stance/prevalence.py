@@ -13,7 +13,8 @@ when the true shares move. The other estimators correct for that:
   export corrects the mean of the probabilities; its interval is valid without trusting the model.
 
 The adjustments are QuaPy's (`ACC.solve_adjustment`, `PACC.getPteCondEstim`, `EMQ.EM`). Intervals
-come from a bootstrap over the labelled posts and the export (acc, pacc, emq), Wilson (cc), the
+come from a bootstrap over the labelled posts (over whole writers where their ids name them, so that how
+much error rates vary between writers is in the interval) and the export (acc, pacc, emq), Wilson (cc), the
 normal approximation (pcc), and PPI++'s own formula, computed from running sums so that a report
 never holds every row (checked equal to `ppi_py.ppi_mean_ci` by the tests). Everything here works on
 `GroupStats`, which one pass over a scored file fills per group (day, language, ...).
@@ -44,6 +45,22 @@ class LabelledOutputs:
     probs: np.ndarray           # (n, k)
     source: str                 # where they come from, for the report
     random_sample: bool = False  # drawn at random from the scored export (what `ppi` needs)
+    groups: Optional[np.ndarray] = None   # writer of each post, when known: the bootstrap resamples writers
+
+    @staticmethod
+    def writer_groups(ids: Optional[Sequence]) -> Optional[np.ndarray]:
+        """Writers from ids of the form `<writer>-<n>` (the corpus's `b3-0012`), when every id has one.
+
+        A new export is like posts by a new writer: error rates measured on some writers move when the
+        writers change, so resampling whole writers puts that into the interval.
+        """
+        if ids is None or not len(ids):
+            return None
+        prefixes = [str(i).rsplit("-", 1) for i in ids]
+        if not all(len(p) == 2 and p[0] and p[1].isdigit() for p in prefixes):
+            return None
+        groups = np.array([p[0] for p in prefixes])
+        return groups if len(set(groups)) >= 3 else None
 
     @classmethod
     def from_model(cls, folder: Path, labels: Sequence[str]) -> "LabelledOutputs":
@@ -61,14 +78,19 @@ class LabelledOutputs:
         splits = [s for s in raw["splits"].values()]
         gold = np.concatenate([np.asarray(s["gold"], dtype=int) for s in splits])
         probs = np.concatenate([np.asarray(s["probs"], dtype=float) for s in splits])
-        return cls(gold, probs, f"the model's {' + '.join(raw['splits'])} posts ({len(gold):,})")
+        ids = [i for s in splits for i in s.get("ids", [])]
+        groups = cls.writer_groups(ids) if len(ids) == len(gold) else None
+        return cls(gold, probs, f"the model's {' + '.join(raw['splits'])} posts ({len(gold):,}"
+                   + (f" by {len(set(groups))} writers)" if groups is not None else ")"), groups=groups)
 
 
 def write_labelled_outputs(folder: Path, labels: Sequence[str], splits: Dict[str, tuple]) -> None:
-    """Store {split: (gold ids, calibrated probabilities)} in a model folder, for `acc`, `pacc` and `emq`."""
+    """Store {split: (gold label ids, calibrated probabilities, post ids or None)} in a model folder, for
+    `acc`, `pacc` and `emq`."""
     data = {"labels": list(labels),
-            "splits": {name: {"gold": [int(g) for g in gold], "probs": np.round(probs, 5).tolist()}
-                       for name, (gold, probs) in splits.items()}}
+            "splits": {name: {"gold": [int(g) for g in gold], "probs": np.round(probs, 5).tolist(),
+                              **({"ids": [str(i) for i in ids]} if ids is not None else {})}
+                       for name, (gold, probs, ids) in splits.items()}}
     (Path(folder) / OUTPUTS_FILE).write_text(json.dumps(data), encoding="utf-8")
 
 
@@ -174,8 +196,13 @@ def estimate(stats: GroupStats, estimator: str, labelled: Optional[LabelledOutpu
     point = _adjusted(estimator, stats, labelled.gold, labelled.probs, stats.sample)
     boots = []
     m = len(labelled.gold)
+    members = ([np.flatnonzero(labelled.groups == g) for g in np.unique(labelled.groups)]
+               if labelled.groups is not None else None)
     for _ in range(n_boot):
-        pick = rng.integers(0, m, m)
+        if members is None:
+            pick = rng.integers(0, m, m)
+        else:                        # whole writers, with replacement
+            pick = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
         if estimator == "acc":       # the export's predicted-label counts vary as a multinomial
             resampled = _counts_stats(rng.multinomial(n, stats.counts / n), k)
         elif estimator == "pacc":    # the export's mean probability varies as a normal (n is large)

@@ -118,7 +118,8 @@ def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
         metrics: Dict = {"calibration": calibration} if calibration else {}
         metrics.update(_evaluate(splits, logits, meta))
         # The model's error rates on labelled posts, for the share estimators of `stance report` (acc, pacc, emq).
-        write_labelled_outputs(tmp, labels, {name: (ids[name], softmax(logits[name], meta.temperature))
+        write_labelled_outputs(tmp, labels, {name: (ids[name], softmax(logits[name], meta.temperature),
+                                                    splits[name].columns.get("id"))
                                              for name in ("dev", "test") if name in logits})
         if meta.engine == "transformer" and cfg.model.fast_path:
             checks = {"fast_path": lambda: _build_fast_path(tmp, meta, texts, splits, logits),

@@ -161,3 +161,26 @@ def test_emq_recovers_shifted_shares_from_calibrated_posteriors():
     e = estimate(GroupStats(K).add(probs), "emq", labelled, n_boot=30)
     assert np.abs(e.shares - np.bincount(gold, minlength=K) / len(gold)).max() < 0.03
     assert np.abs(estimate(GroupStats(K).add(probs), "pcc").shares - truth).max() > 0.05   # unadjusted is off
+
+
+def test_writer_bootstrap_widens_intervals_when_writers_err_differently():
+    """Error rates that vary by writer: resampling whole writers puts that variation into the interval."""
+    rng = np.random.default_rng(5)
+    gold, probs, groups = [], [], []
+    for w in range(8):
+        swap = 0.02 + 0.03 * w                      # writers from easy to hard for the model
+        g = rng.choice(K, size=600)
+        confusion = CONFUSION.copy()
+        confusion[0] = [1 - swap - .1, swap, .05, .05]    # support read as oppose: one direction, so it moves shares
+        pred = np.array([rng.choice(K, p=confusion[x]) for x in g])
+        gold.append(g)
+        probs.append(0.7 * np.eye(K)[pred] + 0.3 * rng.dirichlet(np.ones(K), size=len(g)))
+        groups += [f"b{w}"] * len(g)
+    gold, probs = np.concatenate(gold), np.concatenate(probs)
+    stats = GroupStats(K).add(simulated(50000, [.4, .3, .1, .2], rng)[1])   # large: export noise is small
+    by_post = estimate(stats, "acc", LabelledOutputs(gold, probs, "posts"), n_boot=150)
+    by_writer = estimate(stats, "acc", LabelledOutputs(gold, probs, "writers", groups=np.array(groups)), n_boot=150)
+    np.testing.assert_allclose(by_post.shares, by_writer.shares)          # same point, wider interval
+    assert (by_writer.high - by_writer.low)[:2].mean() > 1.3 * (by_post.high - by_post.low)[:2].mean()
+    assert list(LabelledOutputs.writer_groups(["b1-0001", "b2-0002", "b3-0003"])) == ["b1", "b2", "b3"]
+    assert LabelledOutputs.writer_groups(["t1", "t2", "t3"]) is None       # ids that name no writer
