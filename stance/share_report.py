@@ -42,8 +42,10 @@ def _period(days: Sequence[str]) -> tuple:
     first, last = pd.Timestamp(min(days)), pd.Timestamp(max(days))
     span = (last - first).days
     freq, name = ("D", "daily") if span <= 60 else ("W", "weekly") if span <= 731 else ("M", "monthly")
-    every = pd.period_range(first, last, freq=freq).astype(str).tolist()     # gaps included, as empty periods
-    key = {d: str(pd.Timestamp(d).to_period(freq)) for d in days}
+    # A week is named by its first day (not "2025-08-04/2025-08-10"); gaps stay in, as empty periods.
+    label = lambda p: str(p.start_time.date()) if freq == "W" else str(p)
+    every = [label(p) for p in pd.period_range(first, last, freq=freq)]
+    key = {d: label(pd.Timestamp(d).to_period(freq)) for d in days}
     return name, every, key
 
 
@@ -265,7 +267,8 @@ def write_scored_report(path: str, folder: Path, **options) -> str:
     doc.image(_bars(summary["shares"], est, folder / "shares.png"), "stance shares")
     ot = summary["over_time"]
     if ot:
-        doc.heading(f"Over time ({ot['frequency']}, by {ot['date_column']}, {est})")
+        doc.heading(f"Over time ({ot['frequency']}{', weeks named by their Monday' if ot['frequency'] == 'weekly' else ''}"
+                    f", by {ot['date_column']}, {est})")
         doc.image(_over_time(ot["periods"], labels, folder / "over_time.png"), "stance over time")
         doc.table(["period", "posts", *[f"{l} % [95%]" for l in labels]],
                   [[p, g["n"], *[_cell(g, l) for l in labels]] for p, g in ot["periods"].items()])
@@ -309,7 +312,7 @@ def _bars(shares: Dict, est: str, path: Path) -> str:
     err = [vals - [shares[s]["ci95"][0] for s in names], [shares[s]["ci95"][1] for s in names] - vals]
     ax.bar(names, vals, yerr=err, capsize=4, color="#4c72b0")
     ax.set_ylabel("share of posts")
-    ax.set_title(f"stance shares ({est}) with 95% intervals")
+    ax.set_title(f"shares ({est}), 95% intervals", fontsize=10)
     return save_figure(fig, path)
 
 
