@@ -184,3 +184,24 @@ def test_writer_bootstrap_widens_intervals_when_writers_err_differently():
     assert (by_writer.high - by_writer.low)[:2].mean() > 1.3 * (by_post.high - by_post.low)[:2].mean()
     assert list(LabelledOutputs.writer_groups(["b1-0001", "b2-0002", "b3-0003"])) == ["b1", "b2", "b3"]
     assert LabelledOutputs.writer_groups(["t1", "t2", "t3"]) is None       # ids that name no writer
+
+
+def test_report_reads_mixed_dates_keeps_gaps_and_chooses_readable_periods(tmp_path):
+    import pandas as pd
+    from stance.share_report import summarise_scored
+    dates = ["2023-01-15T10:00:00Z", "03/20/2023", "2025-12-01", "not a date"] * 5
+    rng = np.random.default_rng(6)
+    probs = rng.dirichlet(np.ones(K), len(dates))
+    labels = ["support", "oppose", "question", "neutral"]
+    df = pd.DataFrame({"text": ["x"] * len(dates), "created_at": dates,
+                       "stance": [labels[i] for i in probs.argmax(1)], "confidence": probs.max(1)})
+    for j, l in enumerate(labels):
+        df[f"p_{l}"] = probs[:, j]
+    df.to_csv(tmp_path / "s.csv", index=False)
+    s = summarise_scored(str(tmp_path / "s.csv"), estimator="cc")
+    ot = s["over_time"]
+    assert ot["frequency"] == "monthly" and ot["unparsed_dates"] == 5       # ISO and US dates both read
+    assert list(ot["periods"])[0] == "2023-01" and list(ot["periods"])[-1] == "2025-12"
+    assert len(ot["periods"]) == 36 and ot["periods"]["2023-02"]["n"] == 0   # empty months kept as gaps
+    assert ot["periods"]["2023-03"]["n"] == 5
+    assert any("could not be read" in n for n in s["notes"])
