@@ -110,6 +110,9 @@ def evaluate(
     result = evaluate_models([str(m) for m in model], data, text_column, label_column, label_map, runtime=runtime)
     write_evaluation_report(result, output)
     for name, m in result["models"].items():
+        if m.get("absent_labels"):
+            typer.echo(f"warning: no gold posts labelled {', '.join(m['absent_labels'])}: macro-F1 counts them as "
+                       f"F1 = 0; over the labels present it is {m['macro_f1_present_labels']:.3f}", err=True)
         typer.echo(f"{name}: macro-F1 {m['macro_f1']:.3f} [{m['ci']['macro_f1'][0]:.3f}, {m['ci']['macro_f1'][1]:.3f}]"
                    f", F_avg {m['f_avg']:.3f}, accuracy {m['accuracy']:.3f} (n={m['n']})")
     typer.echo(f"report: {output / 'report.html'}")

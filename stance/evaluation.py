@@ -42,6 +42,10 @@ def evaluate_model(clf: StanceClassifier, data: LabelledData, n_boot: int = 1000
     pred = np.array([labels[i] for i in pred_ids])
     gold = np.array(data.labels)
     m = compute_metrics(list(gold), list(pred), labels, probs)
+    absent = [l for l in labels if l not in set(data.labels)]
+    if absent:      # a label with no gold posts scores F1 = 0 and drags macro-F1 down: say so, and give both
+        m["absent_labels"] = absent
+        m["macro_f1_present_labels"] = float(np.mean([m["per_class"][l]["f1"] for l in labels if l not in absent]))
     m["runtime"] = clf.runtime
     m["ci"] = bootstrap_ci(gold_ids, pred_ids, len(labels), n_boot=n_boot)
     m["slices"] = {col: slice_metrics(gold, pred, vals, labels)

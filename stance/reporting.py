@@ -153,6 +153,10 @@ def write_evaluation_report(report: Dict, folder: Path) -> None:
                 pct(m["f_avg"]), pct(m["accuracy"]), f"{m['ece']:.3f}",
                 f"{pct(m['confident']['share_at_0.9'])}% / {pct(m['confident']['accuracy_at_0.9'])}%"]
                for n, m in models.items()])
+    for n, m in models.items():
+        if m.get("absent_labels"):
+            doc.para(f"Warning ({n}): no gold posts are labelled {', '.join(m['absent_labels'])}; macro-F1 counts "
+                     f"them as F1 = 0. Over the labels present it is {pct(m['macro_f1_present_labels'])}.")
     for c in report["comparison"]:
         doc.para(f"Paired bootstrap, {c['model_a']} minus {c['model_b']}: macro-F1 difference "
                  f"{100 * c['difference']:+.1f} points (95% CI {100 * c['ci_low']:+.1f} to {100 * c['ci_high']:+.1f}), "

@@ -82,6 +82,22 @@ def test_unknown_gold_label_names_rows(tfidf_model, tmp_path):
     assert r.returncode == 2 and "line 2, column 'label': unknown label 'FAVOR'" in r.stderr and "--label-map" in r.stderr
 
 
+def test_gold_with_one_label_warns_and_gives_macro_f1_over_present_labels(tfidf_model, tmp_path):
+    """Every row right but only `support` in the gold: macro-F1 0.25 is explained, not silently reported."""
+    from stance import StanceClassifier
+    clf = StanceClassifier.load(tfidf_model)
+    texts = [t for t, l in POSTS if l == "support"]
+    right = [t for t, p in zip(texts, clf.predict(texts)) if p == "support"]
+    data = write_jsonl(tmp_path / "g.jsonl", [{"text": t, "label": "support"} for t in right])
+    r = subprocess.run([sys.executable, "-m", "stance.cli", "evaluate", str(data), "--model", str(tfidf_model),
+                        "-o", str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "no gold posts labelled oppose, question, neutral" in r.stderr
+    m = json.loads((tmp_path / "r/metrics.json").read_text())["models"]["tfidf"]
+    assert m["macro_f1"] == pytest.approx(0.25) and m["macro_f1_present_labels"] == pytest.approx(1.0)
+    assert "Over the labels present it is 100.0" in (tmp_path / "r/report.md").read_text()
+
+
 def _chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
