@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import glob
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -27,7 +27,6 @@ class Hardware:
     bf16: bool = False
     cuda: bool = False
     int8_form: Optional[str] = "u8s8"
-    extra: Dict = field(default_factory=dict, compare=False)
 
     def signature(self) -> Dict:
         """What a numeric check made on this machine depends on; two machines with equal signatures
@@ -87,8 +86,8 @@ def detect() -> Hardware:
                     cuda=cuda_available(), int8_form=int8_form())
 
 
-def pick_device(requested: str = "auto", hardware: Optional[Hardware] = None) -> str:
+def pick_device(requested: str = "auto") -> str:
     """'cuda' when asked or when a GPU is usable, else 'cpu'."""
     if requested != "auto":
         return requested
-    return "cuda" if (hardware.cuda if hardware is not None else cuda_available()) else "cpu"
+    return "cuda" if cuda_available() else "cpu"

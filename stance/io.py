@@ -245,23 +245,21 @@ def excel_safe(value: object) -> object:
 class TableWriter:
     """Appends chunks of rows to a CSV, TSV or JSONL file (binary-safe, resumable)."""
 
-    def __init__(self, stream: IO[str], fmt: str, columns: List[str], write_header: bool, excel_safe: bool = False):
+    def __init__(self, stream: IO[str], fmt: str, columns: List[str], write_header: bool,
+                 escape_formulas: bool = False):
         if fmt not in ("csv", "tsv", "jsonl"):
             raise ValueError(fmt)
         self.stream, self.format, self.columns = stream, fmt, columns
         if fmt in ("csv", "tsv"):
             self._csv = csv.writer(stream, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
             if write_header:     # a header cell is a cell too: escaped like the rest
-                self._csv.writerow([_excel_safe(c) for c in columns] if excel_safe else columns)
+                self._csv.writerow([excel_safe(c) for c in columns] if escape_formulas else columns)
 
     def write(self, records: List[Dict[str, object]]) -> None:
         if self.format == "jsonl":
             self.stream.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records))
         else:
             self._csv.writerows([[_cell(r.get(c)) for c in self.columns] for r in records])
-
-
-_excel_safe = excel_safe
 
 
 def _cell(value: object) -> object:

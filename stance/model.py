@@ -19,12 +19,8 @@ from .errors import StanceError
 from .folder import ModelMeta
 from .hardware import Hardware, detect
 from .metrics import softmax
-from .runtime import (ONNX_INT8, RUNTIMES, TFIDF, TORCH_BF16, Choice, FolderFacts,  # noqa: F401
-                      choose_runtime)
+from .runtime import ONNX_INT8, RUNTIMES, TFIDF, TORCH_BF16, Choice, FolderFacts, choose_runtime
 from .textnorm import Normalizer
-
-NO_TEXT_NOTES = ("missing_text", "empty_text")
-
 
 class StanceClassifier:
     """A trained stance model: `predict`, `predict_proba`, `score_records`, `score_frame`."""

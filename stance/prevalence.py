@@ -250,11 +250,9 @@ def _mean_stats(mean: np.ndarray, n: int, k: int) -> GroupStats:
 
 
 def _wilson(counts: np.ndarray, n: int):
-    p = counts / n
-    denom = 1 + Z95 ** 2 / n
-    centre = (p + Z95 ** 2 / (2 * n)) / denom
-    half = Z95 * np.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n)) / denom
-    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+    from scipy.stats import binomtest
+    intervals = [binomtest(int(c), n).proportion_ci(confidence_level=0.95, method="wilson") for c in counts]
+    return np.array([i.low for i in intervals]), np.array([i.high for i in intervals])
 
 
 def _ppi(stats: GroupStats, gold: Optional[LabelledOutputs]) -> Estimate:

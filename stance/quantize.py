@@ -215,21 +215,18 @@ def _product_is_exact(form: str) -> bool:
     a[:8] = 127                                 # rows of maximal activations: the pairs that saturate
     w = rng.integers(-127, 128, size=(k, n))
     w[:, :8] = 127
-    inputs = [numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+    inputs = [numpy_helper.from_array(w.astype(np.int8), "w"),
+              numpy_helper.from_array(np.array(1.0, np.float32), "one"),
               numpy_helper.from_array(np.ones(n, np.float32), "w_scale"),
               numpy_helper.from_array(np.array(128, np.uint8), "a_zero")]
-    names = ["a", "w", "one", "w_scale", "a_zero"]
-    if form == "u8u8":
-        inputs.append(numpy_helper.from_array((w + 128).astype(np.uint8), "w"))
-        inputs.append(numpy_helper.from_array(np.array(128, np.uint8), "w_zero"))
-        names.append("w_zero")
-    else:
-        inputs.append(numpy_helper.from_array(w.astype(np.int8), "w"))
     graph = helper.make_graph(
-        [helper.make_node("MatMulIntegerToFloat", names, ["y"], domain="com.microsoft")], "probe",
+        [helper.make_node("MatMulIntegerToFloat", ["a", "w", "one", "w_scale", "a_zero"], ["y"],
+                          domain="com.microsoft")], "probe",
         [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])], inputs)
     probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    if form == "u8u8":        # the same rewrite `session` applies to real graphs
+        to_unsigned_weights(probe)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     got = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(

@@ -187,13 +187,13 @@ def score_files(inputs: Sequence[str], output: str, clf, options: Optional[Score
     if not out.stdout:
         out.lock()
     try:
-        return _score_locked(readers, out, clf, options, columns, state, summary, inputs, output)
+        return _score_locked(readers, out, clf, options, columns, state, summary, inputs)
     finally:
         out.unlock()
 
 
-def _score_locked(readers, out: "_Output", clf, options: ScoreOptions, columns, state, summary, inputs,
-                  output) -> ScoreSummary:
+def _score_locked(readers, out: "_Output", clf, options: ScoreOptions, columns, state, summary,
+                  inputs) -> ScoreSummary:
     previous = out.read_checkpoint() if not out.stdout else None
     resume = options.resume
     if resume and previous is None:
@@ -241,7 +241,7 @@ def _score_locked(readers, out: "_Output", clf, options: ScoreOptions, columns, 
         raise
     progress.close()
     if not out.stdout:
-        _write_provenance(output, clf, state, options)
+        _write_provenance(out.path, clf, state, options)
     for r in readers:
         summary.skipped_lines.extend((r.path, line, reason) for line, reason in r.skipped)
     summary.rows = state["rows_done"]
@@ -316,7 +316,7 @@ def _run(readers, out: _Output, clf, options: ScoreOptions, columns, state, summ
                     state["parts"] += 1
                 else:
                     buf = io.StringIO()
-                    TableWriter(buf, out.format, columns, write_header=header_needed, excel_safe=options.excel_safe).write(scored)
+                    TableWriter(buf, out.format, columns, write_header=header_needed, escape_formulas=options.excel_safe).write(scored)
                     header_needed = False
                     if out.stdout:
                         writer_stream.write(buf.getvalue())
@@ -336,7 +336,7 @@ def _run(readers, out: _Output, clf, options: ScoreOptions, columns, state, summ
                 progress.update(len(chunk))
         if header_needed and out.format in ("csv", "tsv"):   # an input with a header and no rows
             buf = io.StringIO()
-            TableWriter(buf, out.format, columns, write_header=True, excel_safe=options.excel_safe)
+            TableWriter(buf, out.format, columns, write_header=True, escape_formulas=options.excel_safe)
             if out.stdout:
                 writer_stream.write(buf.getvalue())
             else:

@@ -149,8 +149,8 @@ def summarise_scored(path: str, estimator: Optional[str] = None, model: Optional
     if gold and id_column not in reader.columns:
         raise StanceError(f"--gold is joined by id, but the scored file has no '{id_column}' column", path=path,
                           hint="pass --id-column")
-    meta = scored_metadata(path)
-    estimator, labelled, notes = _choose(estimator, model or meta.get("model"), labels, gold_ids, gold)
+    model = model or scored_metadata(path).get("model")      # the folder that scored the file, when it says
+    estimator, labelled, notes = _choose(estimator, model, labels, gold_ids, gold)
 
     c = _Collector(labels, groups, gold_ids, examples)
     for chunk in reader.chunks(4096):
@@ -182,7 +182,7 @@ def summarise_scored(path: str, estimator: Optional[str] = None, model: Optional
         "schema_version": 2, "file": path, "rows": c.rows, "labelled": c.all.n, "unlabelled": c.unlabelled,
         "uncertain": c.uncertain, "labels": labels, "estimator": estimator,
         "labelled_data": labelled.source if labelled is not None else None, "notes": notes + overall["notes"],
-        "model": meta.get("model") if not model else model,
+        "model": model,
         "shares": overall["shares"],
         "by": {g: {v: shares(s, lambda r, g=g, v=v: r[2][g] == v) for v, s in sorted(vals.items())}
                for g, vals in c.by.items()},

@@ -1,4 +1,6 @@
 """The runtime choice as a table: folder facts x hardware facts x request -> engine (and why)."""
+from dataclasses import replace
+
 import pytest
 
 from stance.hardware import Hardware, cpu_flags, cpu_name, has_native_bf16
@@ -27,7 +29,7 @@ CASES = [
     (INT8, NO_INT8, "auto", "auto", True, "torch-cpu", "no int8 product exactly"),
     (INT8, VNNI, "auto", "auto", False, "torch-cpu", "onnxruntime is not installed"),
     (BOTH, SAPPHIRE, "auto", "auto", True, "onnx-int8", "int8 ONNX"),
-    (BOTH, dict(hw=SAPPHIRE, int8_form=None), "auto", "auto", True, "torch-cpu-bf16", "no int8"),
+    (BOTH, replace(SAPPHIRE, int8_form=None), "auto", "auto", True, "torch-cpu-bf16", "no int8"),
     (LEGACY, SAPPHIRE, "auto", "auto", True, "torch-cpu-bf16", "older 8-bit file"),
     (LEGACY, VNNI, "auto", "auto", True, "onnx-int8", "int8 ONNX"),
     (FAILED, VNNI, "auto", "auto", True, "torch-cpu", "no int8 file that passed"),
@@ -45,8 +47,6 @@ CASES = [
 
 @pytest.mark.parametrize("folder, hw, asked, device, onnx, runtime, reason", CASES)
 def test_runtime_table(folder, hw, asked, device, onnx, runtime, reason):
-    if isinstance(hw, dict):                 # a variant of a named machine
-        hw = Hardware(**{**hw["hw"].__dict__, **{k: v for k, v in hw.items() if k != "hw"}})
     choice = choose_runtime(FolderFacts(**folder), hw, asked, device, onnx)
     assert choice.runtime == runtime
     assert reason in choice.reason
