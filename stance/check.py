@@ -98,8 +98,8 @@ def _check_one(path, text_column, label_column, labels, id_column, report, posts
         rows = list(reader.rows())
     except StanceError as exc:
         report.problems.append(Problem(path, exc.line, exc.column, exc.message))
-        # A file we could not open at all (missing, empty, unknown format) is unreadable.
-        report.unreadable |= exc.line is None or exc.line == 1
+        # Reading stopped (missing file, bad encoding, broken JSON array): the rest went unchecked.
+        report.unreadable = True
         return
     for line, reason in reader.skipped:
         report.problems.append(Problem(path, line, None, reason))

@@ -61,7 +61,9 @@ def score(
     inputs: List[str] = typer.Argument(..., help="CSV, TSV, JSONL or Parquet files (.gz accepted); - for stdin."),
     output: str = typer.Option(..., "--output", "-o", help="Output file; - for stdout."),
     model: Path = typer.Option(Path("models/default"), "--model", "-m", help="Trained model folder."),
-    text_column: str = typer.Option("text", "--text-column", help="Column holding the post text."),
+    text_column: List[str] = typer.Option(["text"], "--text-column",
+                                          help="Column holding the post text; repeat to join several with a blank "
+                                               "line (e.g. --text-column title --text-column selftext for Reddit)."),
     id_column: Optional[str] = typer.Option(None, "--id-column", help="Column holding post ids (checked to exist)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Posts per model call."),
     chunk_size: int = typer.Option(4096, "--chunk-size", min=1, help="Rows read, scored and checkpointed at a time."),
@@ -84,7 +86,7 @@ def score(
     from .scoring import ScoreOptions, score_files
     clf = StanceClassifier.load(model, threads=threads, runtime=runtime)
     logging.getLogger("stance.score").info("model %s, runtime %s: %s", model, clf.runtime, clf.runtime_reason)
-    opts = ScoreOptions(text_column=text_column, id_column=id_column, batch_size=batch_size, chunk_size=chunk_size,
+    opts = ScoreOptions(text_column=text_column[0] if len(text_column) == 1 else text_column, id_column=id_column, batch_size=batch_size, chunk_size=chunk_size,
                         input_format=input_format, output_format=fmt, min_confidence=min_confidence,
                         resume=resume, excel_safe=excel_safe, encoding=encoding, on_bad_lines=on_bad_lines,
                         progress=False if quiet else None)

@@ -39,7 +39,10 @@ def row_problems(text: object, raw_label: object, label: Optional[str], text_col
     """What is wrong with one labelled row, as (column, message) pairs: the one wording used by
     `stance data check`, training and evaluation."""
     problems = []
-    if text is None or not str(text).strip():
+    if text is not None and not isinstance(text, str):     # JSON/Parquet: a list or number is not a post
+        kind = {list: "a list", dict: "an object", bool: "true/false"}.get(type(text), "a number")
+        problems.append((text_column, f"text is {kind} ({str(text)[:40]}), not a string"))
+    elif text is None or not text.strip():
         problems.append((text_column, "empty or whitespace-only text"))
     if label is None:
         if raw_label is None or str(raw_label).strip() == "":

@@ -103,25 +103,29 @@ class StanceClassifier:
         labels = [self.labels[i] for i in probs.argmax(axis=1)]
         return labels[0] if isinstance(texts, str) else labels
 
-    def score_records(self, records: List[Dict], text_column: str = "text", min_confidence: Optional[float] = None,
-                      batch_size: int = 64) -> Tuple[List[Dict], Counter]:
+    def score_records(self, records: List[Dict], text_column: Union[str, Sequence[str]] = "text",
+                      min_confidence: Optional[float] = None, batch_size: int = 64) -> Tuple[List[Dict], Counter]:
         """Score one batch of row dicts: new dicts with the output columns added, and counts of notes.
+        Several text columns (a Reddit title and body) are joined with a blank line.
 
         Rows with no text get an empty ``stance`` and a ``stance_note`` saying why; rows whose top
         probability is below ``min_confidence`` (default: the model's) are noted ``uncertain``.
         """
         threshold = self.meta.min_confidence if min_confidence is None else min_confidence
+        columns = [text_column] if isinstance(text_column, str) else list(text_column)
         notes: Counter = Counter()
         todo, texts, no_text = [], [], {}
         for i, rec in enumerate(records):
-            value = rec.get(text_column)
-            if value is None or (isinstance(value, float) and value != value):
+            values = [rec.get(c) for c in columns]
+            present = [str(v) for v in values if not (v is None or (isinstance(v, float) and v != v))]
+            parts = [v for v in present if v.strip()]
+            if not present:
                 no_text[i] = "missing_text"
-            elif not str(value).strip():
+            elif not parts:
                 no_text[i] = "empty_text"
             else:
                 todo.append(i)
-                texts.append(str(value))
+                texts.append("\n\n".join(parts))
         notes.update(no_text.values())
         probs = np.zeros((0, len(self.labels)), dtype=np.float32)
         if texts:

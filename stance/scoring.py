@@ -9,20 +9,19 @@ duplicated rows.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
-import shutil
 import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import StanceError
 from .folder import file_sha256, folder_digest
 from .io import TableReader, TableWriter, detect_format, excel_safe
+from .outputs import PartialOutput, count_rows, provenance, write_provenance
 from .progress import Progress
 
 log = logging.getLogger("stance.score")
@@ -31,7 +30,7 @@ CHECKPOINT_VERSION = 1
 
 @dataclass
 class ScoreOptions:
-    text_column: str = "text"
+    text_column: Union[str, List[str]] = "text"     # several: joined with a blank line (title + body)
     id_column: Optional[str] = None
     batch_size: int = 64
     chunk_size: int = 4096
@@ -77,71 +76,6 @@ class ScoreSummary:
         return "\n".join(lines)
 
 
-def _count_rows(path: str, fmt: str) -> Optional[int]:
-    """Approximate row count for progress (lines; exact unless fields hold newlines)."""
-    if path == "-" or path.endswith(".gz"):
-        return None
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-        return pq.ParquetFile(path).metadata.num_rows
-    with open(path, "rb") as fh:
-        n = sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 20), b""))
-    return max(n - (1 if fmt in ("csv", "tsv") else 0), 0)
-
-
-class _Output:
-    """The partial output and its checkpoint, for CSV/TSV/JSONL (byte offsets) or Parquet (parts)."""
-
-    def __init__(self, path: str, fmt: str):
-        self.path, self.format = path, fmt
-        self.partial = path + ".partial"
-        self.ckpt = path + ".ckpt.json"
-        self.stdout = path == "-"
-
-    def lock(self) -> None:
-        """Hold OUTPUT.lock for this run: a second run on the same output stops instead of corrupting it."""
-        self._lock = open(self.path + ".lock", "a+")
-        try:
-            import fcntl
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:     # no fcntl (Windows): runs are not guarded against each other
-            pass
-        except OSError:
-            self._lock.close()
-            raise StanceError("another `stance score` run is writing this output", path=self.path,
-                              hint="wait for it to finish, or write to another file") from None
-
-    def unlock(self) -> None:
-        lock = getattr(self, "_lock", None)
-        if lock is not None and not lock.closed:
-            try:
-                os.remove(self.path + ".lock")
-            except OSError:
-                pass
-            lock.close()
-
-    def clean(self) -> None:
-        for p in (self.partial, self.ckpt):
-            if os.path.isdir(p):
-                shutil.rmtree(p, ignore_errors=True)
-            elif os.path.exists(p):
-                os.remove(p)
-
-    def read_checkpoint(self) -> Optional[dict]:
-        try:
-            return json.loads(Path(self.ckpt).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return None
-
-    def write_checkpoint(self, state: dict) -> None:
-        tmp = self.ckpt + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.ckpt)
-
-
 def score_files(inputs: Sequence[str], output: str, clf, options: Optional[ScoreOptions] = None) -> ScoreSummary:
     """Score every row of ``inputs`` into ``output`` with a `StanceClassifier`; see the module docstring."""
     options = options or ScoreOptions()
@@ -152,7 +86,7 @@ def score_files(inputs: Sequence[str], output: str, clf, options: Optional[Score
     out_fmt = options.output_format or (detect_format(output) if output != "-" else "csv")
     if inputs.count("-") and options.resume:
         raise StanceError("--resume needs input files, not stdin")
-    out = _Output(output, out_fmt)
+    out = PartialOutput(output, out_fmt)
     if out.stdout and options.resume:
         raise StanceError("--resume needs an output file, not stdout")
     if out.stdout and out_fmt == "parquet":
@@ -169,7 +103,8 @@ def score_files(inputs: Sequence[str], output: str, clf, options: Optional[Score
                            on_bad_lines=options.on_bad_lines) for p in inputs]
     for r in readers:
         r.open()
-        r.require_column(options.text_column, "text")
+        for name in _text_columns(options.text_column):
+            r.require_column(name, "text")
         if options.id_column:
             r.require_column(options.id_column, "id")
     columns = _output_columns(readers, clf)
@@ -192,7 +127,7 @@ def score_files(inputs: Sequence[str], output: str, clf, options: Optional[Score
         out.unlock()
 
 
-def _score_locked(readers, out: "_Output", clf, options: ScoreOptions, columns, state, summary,
+def _score_locked(readers, out: PartialOutput, clf, options: ScoreOptions, columns, state, summary,
                   inputs) -> ScoreSummary:
     previous = out.read_checkpoint() if not out.stdout else None
     resume = options.resume
@@ -220,7 +155,7 @@ def _score_locked(readers, out: "_Output", clf, options: ScoreOptions, columns, 
     if not out.stdout and not resume:
         out.write_checkpoint(state)      # resumable even if stopped inside the first chunk
 
-    total = sum(filter(None, (_count_rows(p, r.format) for p, r in zip(inputs, readers)))) if "-" not in inputs else None
+    total = sum(filter(None, (count_rows(p, r.format) for p, r in zip(inputs, readers)))) if "-" not in inputs else None
     progress = Progress(total, options.progress, start=state["rows_done"], unit="rows", desc="scoring")
     t0 = time.time()
     try:
@@ -240,8 +175,6 @@ def _score_locked(readers, out: "_Output", clf, options: ScoreOptions, columns, 
             out.clean()
         raise
     progress.close()
-    if not out.stdout:
-        _write_provenance(out.path, clf, state, options)
     for r in readers:
         summary.skipped_lines.extend((r.path, line, reason) for line, reason in r.skipped)
     summary.rows = state["rows_done"]
@@ -250,24 +183,19 @@ def _score_locked(readers, out: "_Output", clf, options: ScoreOptions, columns, 
     return summary
 
 
-def _write_provenance(output: str, clf, state: Dict, options: ScoreOptions) -> None:
-    """OUTPUT.meta.json: how the file was made (tool, model and its digest, runtime actually used, inputs)."""
-    from . import __version__
-    meta = {"stance_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "command": sys.argv, "model": str(Path(clf.folder).resolve()), "model_digest": state["model"],
-            "labels": clf.labels, "runtime": clf.runtime, "runtime_reason": clf.runtime_reason,
-            "temperature": clf.meta.temperature,
-            "min_confidence": clf.meta.min_confidence if options.min_confidence is None else options.min_confidence,
-            "text_column": options.text_column, "inputs": state["inputs"], "rows": state["rows_done"]}
-    tmp = output + ".meta.json.tmp"
-    Path(tmp).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, output + ".meta.json")
+def _text_columns(text_column: Union[str, Sequence[str]]) -> List[str]:
+    return [text_column] if isinstance(text_column, str) else list(text_column)
 
 
 def _output_columns(readers: List[TableReader], clf) -> List[str]:
-    first = readers[0].columns
+    """Input columns then the scores. JSONL inputs give the union of their keys (a key may first
+    appear on the last line); other inputs must share the first one's columns."""
+    first = readers[0].all_columns()
     for r in readers[1:]:
-        if r.columns != first:
+        columns = r.all_columns()
+        if r.format == "jsonl" and readers[0].format == "jsonl":
+            first += [c for c in columns if c not in first]
+        elif columns != first:
             raise StanceError("columns differ from the first input's "
                               f"({', '.join(first)})", path=r.path, line=1)
     added = clf.output_columns
@@ -279,24 +207,41 @@ def _output_columns(readers: List[TableReader], clf) -> List[str]:
     return first + added
 
 
-def _run(readers, out: _Output, clf, options: ScoreOptions, columns, state, summary, progress) -> None:
+def _check_keys(reader: TableReader, chunk, columns: List[str], added: List[str], out: PartialOutput) -> None:
+    """JSONL read from stdin cannot be scanned ahead: a key not seen before must not be dropped or
+    overwritten silently."""
+    known = set(columns)
+    for row in chunk:
+        for key in row.values:
+            if key not in known and (key in added or out.format != "jsonl"):
+                raise StanceError(f"key '{key}' first appears here, after the output columns were fixed",
+                                  path=reader.path, line=row.line, column=key,
+                                  hint="score from a file (its keys are collected first) or write JSONL")
+
+
+def _run(readers, out: PartialOutput, clf, options: ScoreOptions, columns, state, summary, progress) -> None:
     skip = state["rows_done"]
-    writer_stream = None
     if out.stdout:
-        writer_stream = sys.stdout
+        raw = sys.stdout
     elif out.format != "parquet":
-        mode = "r+b" if skip and os.path.exists(out.partial) else "wb"
-        raw = open(out.partial, mode)
-        if mode == "r+b":       # drop bytes written after the last checkpoint
-            raw.truncate(state["output_bytes"])
-        raw.seek(0, os.SEEK_END)
+        raw = out.open_text(state["output_bytes"])     # bytes after the last checkpoint are dropped
     else:
-        os.makedirs(out.partial, exist_ok=True)
-        for name in os.listdir(out.partial):       # drop parts written after the last checkpoint
-            if int(name.split("-")[1].split(".")[0]) >= state["parts"]:
-                os.remove(os.path.join(out.partial, name))
+        out.keep_parts(state["parts"])
+    base_schema = _common_arrow_schema(readers)
+    numeric = frozenset(c for c in clf.output_columns if c == "confidence" or c.startswith("p_"))
     header_needed = skip == 0
     seen = 0
+
+    def emit(text: str) -> None:
+        if out.stdout:
+            raw.write(text)
+            raw.flush()
+        else:
+            raw.write(out.encode(text))
+            raw.flush()
+            os.fsync(raw.fileno())
+            state["output_bytes"] = raw.tell()
+
     try:
         for reader in readers:
             for chunk in reader.chunks(options.chunk_size):
@@ -306,26 +251,22 @@ def _run(readers, out: _Output, clf, options: ScoreOptions, columns, state, summ
                 if seen < skip:                  # a chunk boundary that moved (not expected)
                     chunk = chunk[skip - seen:]
                     seen = skip
+                if reader.path == "-" and reader.format == "jsonl":
+                    _check_keys(reader, chunk, columns, clf.output_columns, out)
                 records = [r.values for r in chunk]
                 scored, notes = clf.score_records(records, options.text_column, options.min_confidence,
                                                   options.batch_size)
                 if options.excel_safe:
                     scored = [{k: excel_safe(v) for k, v in rec.items()} for rec in scored]
                 if out.format == "parquet" and not out.stdout:
-                    _write_part(out, state["parts"], scored, columns)
+                    out.write_part(state["parts"], scored, columns, base_schema, numeric)
                     state["parts"] += 1
                 else:
                     buf = io.StringIO()
-                    TableWriter(buf, out.format, columns, write_header=header_needed, escape_formulas=options.excel_safe).write(scored)
+                    TableWriter(buf, out.format, columns, write_header=header_needed,
+                                escape_formulas=options.excel_safe).write(scored)
                     header_needed = False
-                    if out.stdout:
-                        writer_stream.write(buf.getvalue())
-                        writer_stream.flush()
-                    else:
-                        raw.write(buf.getvalue().encode("utf-8"))
-                        raw.flush()
-                        os.fsync(raw.fileno())
-                        state["output_bytes"] = raw.tell()
+                    emit(buf.getvalue())
                 seen += len(chunk)
                 state["rows_done"] = seen
                 summary.stances.update(r["stance"] for r in scored if r["stance"])
@@ -337,67 +278,24 @@ def _run(readers, out: _Output, clf, options: ScoreOptions, columns, state, summ
         if header_needed and out.format in ("csv", "tsv"):   # an input with a header and no rows
             buf = io.StringIO()
             TableWriter(buf, out.format, columns, write_header=True, escape_formulas=options.excel_safe)
-            if out.stdout:
-                writer_stream.write(buf.getvalue())
-            else:
-                raw.write(buf.getvalue().encode("utf-8"))
+            emit(buf.getvalue())
     finally:
         if not out.stdout and out.format != "parquet":
             raw.close()
     if out.stdout:
         return
+    meta = provenance(clf, state, options.text_column, options.min_confidence)
     if out.format == "parquet":
-        _merge_parts(out, state["parts"], columns)
+        out.merge_parts(state["parts"], columns, meta)
     else:
         os.replace(out.partial, out.path)
+    write_provenance(out.path, meta)
     os.remove(out.ckpt)
 
 
-def _part_schema(out: _Output, table):
-    """Part 0 fixes the schema; columns that were all-null there become strings (or floats)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    first = os.path.join(out.partial, "part-000000.parquet")
-    if os.path.exists(first):
-        return pq.read_schema(first)
-    fields = []
-    for f in table.schema:
-        if pa.types.is_null(f.type):
-            numeric = f.name == "confidence" or f.name.startswith("p_")
-            f = pa.field(f.name, pa.float64() if numeric else pa.string())
-        fields.append(f)
-    return pa.schema(fields)
-
-
-def _write_part(out: _Output, index: int, records: List[Dict], columns: List[str]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in records])
-    try:
-        table = table.cast(_part_schema(out, table))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise StanceError(f"rows of chunk {index + 1} do not fit the Parquet column types of the first chunk: {exc}",
-                          path=out.path, hint="write CSV or JSONL instead") from None
-    tmp = os.path.join(out.partial, f".part-{index:06d}.parquet")
-    pq.write_table(table, tmp)
-    os.replace(tmp, os.path.join(out.partial, f"part-{index:06d}.parquet"))
-
-
-def _merge_parts(out: _Output, parts: int, columns: List[str]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    tmp = out.path + ".merging"
-    writer = None
-    try:
-        for i in range(parts):
-            table = pq.read_table(os.path.join(out.partial, f"part-{i:06d}.parquet"))
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table)
-        if writer is None:
-            writer = pq.ParquetWriter(tmp, pa.schema([(c, pa.string()) for c in columns]))
-    finally:
-        if writer is not None:
-            writer.close()
-    os.replace(tmp, out.path)
-    shutil.rmtree(out.partial, ignore_errors=True)
+def _common_arrow_schema(readers: List[TableReader]):
+    """The input types to keep in Parquet output: those of Parquet inputs that all agree."""
+    schemas = [r.arrow_schema for r in readers]
+    if any(s is None for s in schemas) or any(not s.equals(schemas[0]) for s in schemas[1:]):
+        return None
+    return schemas[0]

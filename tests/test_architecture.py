@@ -14,7 +14,7 @@ MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 LAYERS = [
     {"errors", "labels", "progress", "quantize", "prevalence"},
     {"hardware", "io", "metrics", "textnorm", "folder", "tfidf", "e5convert"},
-    {"backbones", "config", "data", "engines", "runtime", "card", "check"},
+    {"backbones", "config", "data", "engines", "runtime", "card", "check", "outputs"},
     {"onnx_runtime"},
     {"model"},
     {"scoring", "evaluation", "train", "sampling", "annotate"},

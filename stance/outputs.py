@@ -1,0 +1,193 @@
+"""The files a scoring run writes: the partial output, its checkpoint and lock, Parquet parts,
+and the provenance record.
+
+CSV, TSV and JSONL grow by appending chunk bytes (gzip members for ``.gz`` names, so a byte
+offset is still a clean cut); Parquet is written as one part file per chunk and merged at the
+end. Nothing appears under the output's own name until the run is complete.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .errors import StanceError
+
+PROVENANCE_KEY = b"stance.provenance"     # Parquet key-value metadata; OUTPUT.meta.json holds the same
+
+
+class PartialOutput:
+    """OUTPUT.partial (a file, or a folder of Parquet parts), OUTPUT.ckpt.json and OUTPUT.lock."""
+
+    def __init__(self, path: str, fmt: str):
+        self.path, self.format = path, fmt
+        self.partial = path + ".partial"
+        self.ckpt = path + ".ckpt.json"
+        self.stdout = path == "-"
+        self.gzip = not self.stdout and path.lower().endswith(".gz")
+        if self.gzip and fmt == "parquet":
+            raise StanceError("Parquet compresses its own columns: a .gz name would hold a plain Parquet file",
+                              path=path, hint="drop the .gz")
+
+    # -- lock ---------------------------------------------------------------
+    def lock(self) -> None:
+        """Hold OUTPUT.lock for this run: a second run on the same output stops instead of corrupting it."""
+        self._lock = open(self.path + ".lock", "a+")
+        try:
+            import fcntl
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:     # no fcntl (Windows): runs are not guarded against each other
+            pass
+        except OSError:
+            self._lock.close()
+            raise StanceError("another `stance score` run is writing this output", path=self.path,
+                              hint="wait for it to finish, or write to another file") from None
+
+    def unlock(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None and not lock.closed:
+            try:
+                os.remove(self.path + ".lock")
+            except OSError:
+                pass
+            lock.close()
+
+    # -- checkpoint ---------------------------------------------------------
+    def clean(self) -> None:
+        for p in (self.partial, self.ckpt):
+            if os.path.isdir(p):
+                shutil.rmtree(p, ignore_errors=True)
+            elif os.path.exists(p):
+                os.remove(p)
+
+    def read_checkpoint(self) -> Optional[dict]:
+        try:
+            return json.loads(Path(self.ckpt).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def write_checkpoint(self, state: dict) -> None:
+        tmp = self.ckpt + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.ckpt)
+
+    # -- text formats -------------------------------------------------------
+    def open_text(self, keep_bytes: int):
+        """The partial file for appending, cut back to ``keep_bytes`` (what the checkpoint vouches for)."""
+        resume = keep_bytes and os.path.exists(self.partial)
+        raw = open(self.partial, "r+b" if resume else "wb")
+        if resume:
+            raw.truncate(keep_bytes)
+        raw.seek(0, os.SEEK_END)
+        return raw
+
+    def encode(self, text: str) -> bytes:
+        data = text.encode("utf-8")
+        # One gzip member per chunk: concatenated members are one valid .gz stream.
+        return gzip.compress(data, mtime=0) if self.gzip else data
+
+    # -- Parquet parts ------------------------------------------------------
+    def part(self, index: int) -> str:
+        return os.path.join(self.partial, f"part-{index:06d}.parquet")
+
+    def keep_parts(self, parts: int) -> None:
+        """Start the parts folder, dropping parts written after the last checkpoint."""
+        os.makedirs(self.partial, exist_ok=True)
+        for name in os.listdir(self.partial):
+            if not name.startswith("part-") or int(name.split("-")[1].split(".")[0]) >= parts:
+                os.remove(os.path.join(self.partial, name))
+
+    def write_part(self, index: int, records: List[Dict], columns: List[str], base_schema=None,
+                   numeric: frozenset = frozenset()) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        rows = [{c: r.get(c) for c in columns} for r in records]
+        try:
+            schema = self._part_schema(rows, columns, base_schema, numeric)
+            table = pa.Table.from_pylist(rows, schema=schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise StanceError(f"rows of chunk {index + 1} do not fit the Parquet column types "
+                              f"{'of the first chunk' if index else 'inferred from them'}: {exc}",
+                              path=self.path, hint="write CSV or JSONL instead") from None
+        tmp = os.path.join(self.partial, f".part-{index:06d}.parquet")
+        pq.write_table(table, tmp)
+        os.replace(tmp, self.part(index))
+
+    def _part_schema(self, rows: List[Dict], columns: List[str], base_schema, numeric: frozenset):
+        """Part 0 fixes the schema. Input columns keep a Parquet input's own types; otherwise they
+        are inferred from the first chunk, all-null columns as strings; scores are float64."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        if os.path.exists(self.part(0)):
+            return pq.read_schema(self.part(0))
+        inferred = pa.Table.from_pylist(rows).schema if base_schema is None else None
+        fields = []
+        for name in columns:
+            if name in numeric:
+                f = pa.field(name, pa.float64())
+            elif base_schema is not None and name in base_schema.names:
+                f = base_schema.field(name)
+            elif base_schema is not None or pa.types.is_null(inferred.field(name).type):
+                f = pa.field(name, pa.string())
+            else:
+                f = inferred.field(name)
+            fields.append(f)
+        return pa.schema(fields)
+
+    def merge_parts(self, parts: int, columns: List[str], provenance: Dict) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        tmp = self.path + ".merging"
+        metadata = {PROVENANCE_KEY: json.dumps(provenance, ensure_ascii=False).encode("utf-8")}
+        writer = None
+        try:
+            for i in range(parts):
+                table = pq.read_table(self.part(i))
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema.with_metadata(metadata))
+                writer.write_table(table)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, pa.schema([(c, pa.string()) for c in columns], metadata=metadata))
+        finally:
+            if writer is not None:
+                writer.close()
+        os.replace(tmp, self.path)
+        shutil.rmtree(self.partial, ignore_errors=True)
+
+
+def provenance(clf, state: Dict, text_column, min_confidence: Optional[float]) -> Dict:
+    """How a scored file was made: tool, model and its digest, runtime actually used, inputs."""
+    from . import __version__
+    return {"stance_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": sys.argv, "model": str(Path(clf.folder).resolve()), "model_digest": state["model"],
+            "labels": clf.labels, "runtime": clf.runtime, "runtime_reason": clf.runtime_reason,
+            "temperature": clf.meta.temperature,
+            "min_confidence": clf.meta.min_confidence if min_confidence is None else min_confidence,
+            "text_column": text_column, "inputs": state["inputs"], "rows": state["rows_done"]}
+
+
+def write_provenance(output: str, meta: Dict) -> None:
+    """OUTPUT.meta.json beside the output."""
+    tmp = output + ".meta.json.tmp"
+    Path(tmp).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, output + ".meta.json")
+
+
+def count_rows(path: str, fmt: str) -> Optional[int]:
+    """Approximate row count for progress (lines; exact unless fields hold newlines)."""
+    if path == "-" or path.endswith(".gz"):
+        return None
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+        return pq.ParquetFile(path).metadata.num_rows
+    with open(path, "rb") as fh:
+        n = sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 20), b""))
+    return max(n - (1 if fmt in ("csv", "tsv") else 0), 0)
