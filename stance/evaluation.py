@@ -10,7 +10,9 @@ from .data import LabelledData, load_label_map, load_labelled
 from .errors import StanceError
 from .metrics import (bootstrap_ci, compute_metrics, coverage_curve, expected_calibration_error,
                       paired_bootstrap, reliability_bins, slice_metrics)
+from .folder import file_sha256, folder_digest
 from .model import StanceClassifier
+from .outputs import run_record
 
 SCHEMA_VERSION = 1
 TOP_ERRORS = 20
@@ -99,6 +101,10 @@ def evaluate_models(model_paths: Sequence[str], data_paths: Sequence[str], text_
         "schema_version": SCHEMA_VERSION,
         "data": list(data_paths),
         "model": first,
+        "provenance": {**run_record(), "data": [{"path": p, "sha256": file_sha256(p)} for p in data_paths],
+                       "models": {name: {"folder": str(Path(p).resolve()), "digest": folder_digest(Path(p)),
+                                         "runtime": clf.runtime, "runtime_reason": clf.runtime_reason}
+                                  for name, p, clf in zip(names, model_paths, models)}},
         **{k: top[k] for k in ("n", "labels", "macro_f1", "f_avg", "accuracy", "per_class", "confusion_matrix",
                                "ece", "ci")},
         "models": results,

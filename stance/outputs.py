@@ -163,15 +163,36 @@ class PartialOutput:
         shutil.rmtree(self.partial, ignore_errors=True)
 
 
-def provenance(clf, state: Dict, text_column, min_confidence: Optional[float]) -> Dict:
-    """How a scored file was made: tool, model and its digest, runtime actually used, inputs."""
+def run_record() -> Dict:
+    """Tool version, time and command line: the start of every provenance record."""
     from . import __version__
     return {"stance_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "command": sys.argv, "model": str(Path(clf.folder).resolve()), "model_digest": state["model"],
+            "command": list(sys.argv)}
+
+
+def provenance(clf, state: Dict, text_column, min_confidence: Optional[float]) -> Dict:
+    """How a scored file was made: tool, model and its digest, runtime actually used, inputs."""
+    return {**run_record(), "model": str(Path(clf.folder).resolve()), "model_digest": state["model"],
             "labels": clf.labels, "runtime": clf.runtime, "runtime_reason": clf.runtime_reason,
             "temperature": clf.meta.temperature,
             "min_confidence": clf.meta.min_confidence if min_confidence is None else min_confidence,
             "text_column": text_column, "inputs": state["inputs"], "rows": state["rows_done"]}
+
+
+def read_provenance(output: str) -> Dict:
+    """What `stance score` recorded about a scored file: OUTPUT.meta.json, else the Parquet
+    file's own metadata; empty when neither is there (a file scored elsewhere)."""
+    try:
+        return json.loads(Path(output + ".meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    if output.lower().endswith((".parquet", ".pq")):
+        try:
+            import pyarrow.parquet as pq
+            return json.loads((pq.read_schema(output).metadata or {})[PROVENANCE_KEY])
+        except Exception:       # not Parquet, damaged, or no such key: nothing recorded
+            pass
+    return {}
 
 
 def write_provenance(output: str, meta: Dict) -> None:

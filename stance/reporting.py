@@ -190,4 +190,11 @@ def write_evaluation_report(report: Dict, folder: Path) -> None:
     doc.heading("Calibration")
     doc.image(_plot_reliability(models, folder / "reliability.png"), "reliability diagram")
     doc.image(_plot_coverage(models, folder / "coverage.png"), "coverage-accuracy curve")
+    prov = report["provenance"]
+    doc.heading("How this report was made")
+    doc.para(f"stance {prov['stance_version']}, {prov['created']}: `{' '.join(prov['command'])}`.")
+    doc.table(["model", "folder", "digest", "runtime"],
+              [[n, m["folder"], m["digest"][:12], f"{m['runtime']} ({m['runtime_reason']})"]
+               for n, m in prov["models"].items()], text_cols=(1, 3))
+    doc.table(["data file", "sha256"], [[d["path"], d["sha256"][:12]] for d in prov["data"]], text_cols=(0,))
     doc.write(title)

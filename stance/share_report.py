@@ -19,21 +19,13 @@ from .errors import StanceError, suggestion
 from .io import TableReader, read_rows
 from .labels import LABELS, map_label
 from .metrics import pct
+from .outputs import read_provenance
 from .prevalence import ESTIMATORS, NEEDS_LABELLED, GroupStats, LabelledOutputs, estimate
 from .reporting import Doc, pyplot, save_figure
 from .sampling import is_random_sample
 
 DEFAULT_ESTIMATOR = "acc"   # lowest error on writer-disjoint posts (docs/prevalence.md)
 GROUP_COLUMNS = ("lang", "platform", "source")
-META_SUFFIX = ".meta.json"
-
-
-def scored_metadata(path: str) -> Dict:
-    """The provenance `stance score` wrote beside the file (empty when there is none)."""
-    try:
-        return json.loads(Path(path + META_SUFFIX).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def _period(days: Sequence[str]) -> tuple:
@@ -149,7 +141,8 @@ def summarise_scored(path: str, estimator: Optional[str] = None, model: Optional
     if gold and id_column not in reader.columns:
         raise StanceError(f"--gold is joined by id, but the scored file has no '{id_column}' column", path=path,
                           hint="pass --id-column")
-    model = model or scored_metadata(path).get("model")      # the folder that scored the file, when it says
+    scored_by = read_provenance(path)
+    model = model or scored_by.get("model")      # the folder that scored the file, when it says
     estimator, labelled, notes = _choose(estimator, model, labels, gold_ids, gold)
 
     c = _Collector(labels, groups, gold_ids, examples)
@@ -182,7 +175,7 @@ def summarise_scored(path: str, estimator: Optional[str] = None, model: Optional
         "schema_version": 2, "file": path, "rows": c.rows, "labelled": c.all.n, "unlabelled": c.unlabelled,
         "uncertain": c.uncertain, "labels": labels, "estimator": estimator,
         "labelled_data": labelled.source if labelled is not None else None, "notes": notes + overall["notes"],
-        "model": model,
+        "model": model, "scored_by": scored_by,
         "shares": overall["shares"],
         "by": {g: {v: shares(s, lambda r, g=g, v=v: r[2][g] == v) for v, s in sorted(vals.items())}
                for g, vals in c.by.items()},
@@ -260,6 +253,7 @@ def write_scored_report(path: str, folder: Path, **options) -> str:
              + ". Every share carries a 95% interval.")
     for note in summary["notes"]:
         doc.para(f"Note: {note}.")
+    doc.para(_scored_by(summary["scored_by"]))
     doc.heading("Stance shares")
     doc.table(["stance", "share", "95% interval", "posts labelled so"],
               [[l, pct(v["share"]), f"{pct(v['ci95'][0])}–{pct(v['ci95'][1])}", f"{v['count']:,}"]
@@ -295,6 +289,14 @@ _EXPLAIN = {"cc": "predicted labels counted, as if they were right",
             "pacc": "mean probabilities adjusted for the model's confusion between labels",
             "emq": "probabilities re-weighted to this export's shares by EM",
             "ppi": "a hand-labelled random sample corrects the model's mean probabilities (prediction-powered inference)"}
+
+
+def _scored_by(meta: Dict) -> str:
+    if not meta:
+        return "How the file was scored is not recorded (no .meta.json beside it, no Parquet metadata)."
+    return (f"Scored by stance {meta.get('stance_version')} on {meta.get('created')} with model "
+            f"{meta.get('model')} (digest {str(meta.get('model_digest'))[:12]}), runtime {meta.get('runtime')}, "
+            f"temperature {meta.get('temperature')}, threshold {meta.get('min_confidence')}.")
 
 
 def _cell(group: Dict, label: str) -> str:

@@ -63,6 +63,10 @@ def test_evaluate_writes_all_outputs(eval_report):
     assert m["ci"]["macro_f1"][0] <= m["macro_f1"] <= m["ci"]["macro_f1"][1]
     md = (eval_report / "report.md").read_text()
     assert "most confident errors" in md and "Paired bootstrap" in md
+    prov = m["provenance"]            # how the report was made: models by digest, data by checksum
+    assert set(prov["models"]) == {"tfidf", "tiny"} and prov["models"]["tfidf"]["runtime"] == "tfidf"
+    assert len(prov["data"]) == 1 and len(prov["data"][0]["sha256"]) == 64
+    assert "How this report was made" in md and prov["models"]["tiny"]["digest"][:12] in md
 
 
 def test_metrics_json_matches_schema(eval_report):
@@ -149,5 +153,11 @@ def test_report_on_scored_export(tfidf_model, tmp_path):
     assert summary["over_time"]["frequency"] == "daily" and len(summary["over_time"]["periods"]) == 40
     assert set(summary["by"]) == {"lang", "platform"}
     assert {"report.md", "report.html", "shares.png", "over_time.png", "by_lang.png"} <= {p.name for p in (tmp_path / "rep").iterdir()}
+    scored_by = json.loads((tmp_path / "scored.csv.meta.json").read_text())
+    assert summary["scored_by"] == scored_by and scored_by["model_digest"][:12] in (tmp_path / "rep/report.md").read_text()
+    assert run("score", str(src), "-o", str(tmp_path / "s.parquet"), "--model", str(tfidf_model), "-q").returncode == 0
+    (tmp_path / "s.parquet.meta.json").unlink()          # the Parquet file's own metadata still says it
+    assert run("report", str(tmp_path / "s.parquet"), "-o", str(tmp_path / "rep3")).returncode == 0
+    assert json.loads((tmp_path / "rep3/summary.json").read_text())["scored_by"]["model_digest"] == scored_by["model_digest"]
     r = run("report", str(src), "-o", str(tmp_path / "rep2"))
     assert r.returncode == 2 and "output of `stance score`" in r.stderr
