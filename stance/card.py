@@ -45,6 +45,11 @@ def write_model_card(folder: Path, cfg, metrics: Dict) -> None:
                   f"Probabilities are temperature-scaled (T = {cal['temperature']}, fitted on dev). "
                   f"Default `--min-confidence` {cal['min_confidence']}: the lowest threshold at which dev accuracy "
                   f"of the kept posts reaches 0.90 (keeps {pct(cal['dev_coverage_at_min_confidence'])}% of dev).", ""]
+    if metrics.get("pipeline"):
+        lines += ["## Plain `transformers`", "",
+                  "The temperature is folded into the classifier's weights and the text normalisation into the "
+                  "tokenizer, so `transformers.pipeline(\"text-classification\", model=FOLDER, top_k=None, "
+                  f"truncation=True)` gives {metrics['pipeline']}.", ""]
     fast = metrics.get("fast_path")
     if fast and "label_agreement" in fast:
         lines += ["## Fast CPU path (int8 ONNX)", "",

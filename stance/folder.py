@@ -35,7 +35,8 @@ class ModelMeta:
     backbone: str
     max_length: int = 128
     normalizer: Dict = field(default_factory=dict)
-    temperature: float = 1.0
+    temperature: float = 1.0             # fitted on dev
+    temperature_in_weights: bool = False  # already folded into the classifier (hf_compat.py): score with T = 1
     min_confidence: float = 0.0
     fast_path: Dict = field(default_factory=dict)   # int8 ONNX check results (see onnx_runtime.py)
     bf16: Dict = field(default_factory=dict)        # bfloat16 check results (CPUs with native bf16)
@@ -91,6 +92,11 @@ class ModelMeta:
                 raise StanceError(f"{META_FILE} lists labels {self.labels} but the weights' classifier head "
                                   f"has {head} (config.json id2label)", path=str(config_path.parent),
                                   hint="the folder was edited by hand or mixes two models; retrain it")
+
+    @property
+    def scoring_temperature(self) -> float:
+        """What the logits are divided by at scoring time."""
+        return 1.0 if self.temperature_in_weights else self.temperature
 
     def to_dict(self) -> Dict:
         return asdict(self)

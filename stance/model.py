@@ -95,7 +95,7 @@ class StanceClassifier:
         if len(texts) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         logits, _ = self.logits(texts, batch_size)
-        return softmax(logits, self.meta.temperature)
+        return softmax(logits, self.meta.scoring_temperature)
 
     def predict(self, texts: Union[str, Sequence[str]], batch_size: int = 64) -> Union[str, List[str]]:
         """The label of one post (a string), or a list of labels for a list of posts."""
@@ -130,7 +130,7 @@ class StanceClassifier:
         probs = np.zeros((0, len(self.labels)), dtype=np.float32)
         if texts:
             logits, truncated = self.logits(texts, batch_size=batch_size)
-            probs = softmax(logits, self.meta.temperature)
+            probs = softmax(logits, self.meta.scoring_temperature)
             notes["truncated"] += int(truncated.sum())
         row_probs = dict(zip(todo, probs))
         out = []

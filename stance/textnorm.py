@@ -49,6 +49,22 @@ class Normalizer:
             text = text.lower()
         return _SPACE.sub(" ", text).strip()
 
+    def tokenizer_steps(self):
+        """The same cleaning as Hugging Face `tokenizers` normalizers, so a saved tokenizer applies it
+        itself and a plain `transformers.pipeline` sees posts as `stance` does; None where it cannot
+        (emoji to words needs the emoji package's table). Idempotent on text this class already cleaned."""
+        if self.emoji_to_text:
+            return None
+        from tokenizers import Regex, normalizers
+        steps = [normalizers.NFC(), normalizers.Replace(Regex("[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f]"), "")]
+        if self.urls:
+            steps.append(normalizers.Replace(Regex("(?i)" + _URL.pattern), "http"))
+        if self.mentions:
+            steps.append(normalizers.Replace(Regex(_MENTION.pattern), "@user"))
+        if self.lowercase:
+            steps.append(normalizers.Lowercase())
+        return steps + [normalizers.Replace(Regex(_SPACE.pattern), " "), normalizers.Strip()]
+
     def to_dict(self) -> dict:
         return asdict(self)
 

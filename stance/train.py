@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -116,9 +116,12 @@ def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
         meta = replace(meta, temperature=calibration.get("temperature", 1.0),
                        min_confidence=calibration.get("min_confidence", 0.0))
         metrics: Dict = {"calibration": calibration} if calibration else {}
+        if meta.engine == "transformer":
+            meta, logits, metrics["pipeline"] = _pipeline_ready(tmp, meta, normalizer, logits,
+                                                                  splits["train"].texts)
         metrics.update(_evaluate(splits, logits, meta))
         # The model's error rates on labelled posts, for the share estimators of `stance report` (acc, pacc, emq).
-        write_labelled_outputs(tmp, labels, {name: (ids[name], softmax(logits[name], meta.temperature),
+        write_labelled_outputs(tmp, labels, {name: (ids[name], softmax(logits[name], meta.scoring_temperature),
                                                     splits[name].columns.get("id"))
                                              for name in ("dev", "test") if name in logits})
         if meta.engine == "transformer" and cfg.model.fast_path:
@@ -153,6 +156,20 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _pipeline_ready(folder: Path, meta: ModelMeta, normalizer, logits: Dict[str, np.ndarray],
+                    raw_texts: List[str]) -> Tuple[ModelMeta, Dict[str, np.ndarray], str]:
+    """Fold the temperature into the weights and the normalisation into the tokenizer, so that plain
+    `transformers.pipeline` gives `stance score`'s labels and probabilities (see hf_compat.py)."""
+    from .hf_compat import embed_normalizer, fold_temperature
+    if meta.temperature != 1.0:
+        fold_temperature(folder, meta.temperature)
+        logits = {name: lg / meta.temperature for name, lg in logits.items()}
+    meta = replace(meta, temperature_in_weights=True)
+    why_not = embed_normalizer(folder, normalizer, meta.max_length, raw_texts)
+    return meta, logits, ("same labels and probabilities as stance score" if why_not is None else
+                          f"same as stance score on posts without emoji ({why_not})")
 
 
 def _length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> List[np.ndarray]:
@@ -335,7 +352,7 @@ def _evaluate(splits: Dict[str, LabelledData], logits: Dict[str, np.ndarray], me
     metrics = {}
     for name, lg in logits.items():
         data = splits[name]
-        probs = softmax(lg, meta.temperature)
+        probs = softmax(lg, meta.scoring_temperature)
         pred = [meta.labels[i] for i in probs.argmax(1)]
         m = compute_metrics(data.labels, pred, meta.labels, probs)
         if "lang" in data.columns:

@@ -61,14 +61,19 @@ def labelled_files(tmp_path_factory):
 def tiny_backbone(tmp_path_factory):
     """A randomly initialised 2-layer BERT with a WordPiece vocabulary trained on the test posts."""
     from tokenizers import BertWordPieceTokenizer
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     d = tmp_path_factory.mktemp("tiny_bert")
     wp = BertWordPieceTokenizer(lowercase=True)
     corpus = [t for t, _ in POSTS] * 3
     wp.train_from_iterator(corpus, vocab_size=400, min_frequency=1)
-    wp.save_model(str(d))
-    tok = BertTokenizerFast(vocab_file=str(d / "vocab.txt"), do_lower_case=True)
+    from tokenizers.processors import BertProcessing       # set by the class only when given a vocabulary
+    wp._tokenizer.post_processor = BertProcessing(("[SEP]", wp.token_to_id("[SEP]")), ("[CLS]", wp.token_to_id("[CLS]")))
+    # Wrapped as it is: `BertTokenizerFast(vocab_file=...)` no longer reads the file in transformers 5
+    # (every token became [UNK]).
+    tok = PreTrainedTokenizerFast(tokenizer_object=wp._tokenizer, unk_token="[UNK]", pad_token="[PAD]",
+                                  cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    assert tok.convert_ids_to_tokens(tok("war")["input_ids"]) == ["[CLS]", "war", "[SEP]"]
     tok.save_pretrained(str(d))
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=128)

@@ -13,7 +13,7 @@ MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 # Layers, lowest first; a module may import only from its own layer or below (README, Architecture).
 LAYERS = [
     {"errors", "labels", "progress", "quantize", "prevalence"},
-    {"hardware", "io", "metrics", "textnorm", "folder", "tfidf", "e5convert"},
+    {"hardware", "io", "metrics", "textnorm", "folder", "tfidf", "e5convert", "hf_compat"},
     {"backbones", "config", "data", "engines", "runtime", "card", "check", "outputs"},
     {"onnx_runtime"},
     {"model"},

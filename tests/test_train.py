@@ -80,11 +80,61 @@ def test_predict_api(tiny_model):
     assert isinstance(one, str) and one == clf.predict(["bomb the labs"])[0]
 
 
-def test_loads_with_transformers_pipeline(tiny_model):
+RAW_POSTS = ["No war with Mexico.", "@SecDef   @POTUS bomb the labs https://t.co/xyz NOW",
+             "¿Es legal\testo?  www.example.com/a?b=1", "caf\u0065\u0301 con   \x07 leche @x_y",
+             "send the navy " * 60]
+
+
+def _pipeline_probs(folder, texts):
     from transformers import pipeline
-    pipe = pipeline("text-classification", model=str(tiny_model))
-    out = pipe(["No war with Mexico."])
-    assert out[0]["label"] in {"support", "oppose", "question", "neutral"}
+    pipe = pipeline("text-classification", model=str(folder), top_k=None, truncation=True)
+    return [{d["label"]: d["score"] for d in row} for row in pipe(texts)]
+
+
+def test_plain_transformers_pipeline_gives_stance_scores(tiny_model, tmp_path):
+    """Temperature folded into the weights, normalisation into the tokenizer: same numbers to 1e-4.
+    The tiny model's head is sharpened first, so that a missed fold or normalisation shows."""
+    import shutil
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    from stance.hf_compat import embed_normalizer, fold_temperature
+    from stance.textnorm import Normalizer
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 3.0)
+    model.save_pretrained(folder, safe_serialization=True)
+    meta = json.loads((folder / "stance.json").read_text())
+    meta.update(temperature=2.5, temperature_in_weights=False, normalizer={**meta["normalizer"], "emoji_to_text": False})
+    (folder / "stance.json").write_text(json.dumps(meta))
+    ours = StanceClassifier.load(folder, runtime="torch").predict_proba(RAW_POSTS)
+    before = _pipeline_probs(folder, RAW_POSTS)
+    assert max(abs(p[i] - q[l]) for p, q in zip(ours, before) for i, l in enumerate(meta["labels"])) > 0.05
+
+    fold_temperature(folder, 2.5)
+    assert embed_normalizer(folder, Normalizer.from_dict(meta["normalizer"]), meta["max_length"],
+                            [t for t, _ in POSTS] + RAW_POSTS) is None
+    (folder / "stance.json").write_text(json.dumps({**meta, "temperature_in_weights": True}))
+    for p, q in zip(ours, _pipeline_probs(folder, RAW_POSTS)):
+        np.testing.assert_allclose(p, [q[l] for l in meta["labels"]], atol=1e-4)
+    # stance's own path is unchanged: its normalisation and the tokenizer's agree, and T is applied once
+    np.testing.assert_allclose(StanceClassifier.load(folder, runtime="torch").predict_proba(RAW_POSTS), ours,
+                               atol=1e-5)
+
+
+def test_training_leaves_a_pipeline_ready_folder(tiny_backbone, labelled_files, tmp_path, tiny_model):
+    folder = tmp_path / "m"
+    train_model(tiny_backbone, labelled_files, folder, **{"model.emoji_to_text": "false"})
+    meta = json.loads((folder / "stance.json").read_text())
+    assert meta["temperature_in_weights"] and meta["temperature"] != 1.0
+    clf = StanceClassifier.load(folder, runtime="torch")
+    for p, q in zip(clf.predict_proba(RAW_POSTS), _pipeline_probs(folder, RAW_POSTS)):
+        np.testing.assert_allclose(p, [q[l] for l in clf.labels], atol=1e-4)
+    assert "same labels and probabilities as stance score" in (folder / "README.md").read_text()
+    assert "on posts without emoji" in (tiny_model / "README.md").read_text()    # emoji -> words: not embeddable
 
 
 def test_same_seed_same_dev_metrics(tiny_backbone, labelled_files, tmp_path):
