@@ -78,6 +78,22 @@ class ModelMeta:
             raise StanceError(f"incomplete model folder: missing {', '.join(missing)}", path=str(folder))
         if self.engine == "transformer":
             self._check_against_config(folder / "config.json")
+        self._check_against_run_config(folder / "config.yaml")
+
+    def _check_against_run_config(self, path: Path) -> None:
+        """The run config saved beside the weights names the labels in training order (TF-IDF folders
+        have no config.json): a reordered stance.json would swap labels silently."""
+        if not path.exists():
+            return
+        import yaml
+        try:
+            trained = ((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("data") or {}).get("labels")
+        except (yaml.YAMLError, UnicodeDecodeError, AttributeError) as exc:
+            raise StanceError(f"damaged config.yaml: {exc}", path=str(path)) from None
+        if trained is not None and list(trained) != self.labels:
+            raise StanceError(f"{META_FILE} lists labels {self.labels} but the model was trained with {list(trained)} "
+                              "(config.yaml data.labels)", path=str(path.parent),
+                              hint="the folder was edited by hand or mixes two models; retrain it")
 
     def _check_against_config(self, config_path: Path) -> None:
         """The label order of `stance.json` must be the classifier head's, or support and oppose swap."""

@@ -12,6 +12,7 @@ import gzip
 import io
 import json
 import sys
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +98,14 @@ class TableReader:
             self.open()
         if self._first is not None:
             yield self._first
-        yield from self._rows  # type: ignore[misc]
+        last = self._first.line if self._first is not None else 0
+        try:
+            for row in self._rows:  # type: ignore[union-attr]
+                last = row.line
+                yield row
+        except (EOFError, OSError, zlib.error) as exc:      # a truncated .gz, a failing disk
+            raise StanceError(f"the file cannot be read past this point: {exc}", path=self.path, line=last + 1,
+                              hint="a cut-off download or copy? fetch the whole file again") from None
 
     def chunks(self, size: int) -> Iterator[List[Row]]:
         chunk: List[Row] = []
@@ -224,9 +232,15 @@ class TableReader:
                 yield from self._json_array(text + "".join(lines), number)
                 return
             try:
-                yield number, json.loads(text)
+                value = json.loads(text)
             except json.JSONDecodeError as exc:
                 self._bad(number, f"invalid JSON: {exc.msg} at character {exc.colno}")
+                continue
+            if "\\u" in text and not _encodable(value):
+                self._bad(number, "a string holds a lone surrogate escape such as \\ud800, which is no character "
+                                  "and cannot be written out")
+                continue
+            yield number, value
 
     def _json_array(self, text: str, first_line: int) -> Iterator[Tuple[int, object]]:
         decoder, pos, line, counted = json.JSONDecoder(), text.index("[") + 1, first_line, 0
@@ -285,6 +299,14 @@ class TableReader:
             self.skipped.append((line, reason))
             return
         raise StanceError(reason, path=self.path, line=line, hint="fix the row, or pass --on-bad-lines skip")
+
+
+def _encodable(value: object) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _skip_space(text: str, pos: int) -> int:

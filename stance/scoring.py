@@ -138,6 +138,10 @@ def _score_locked(readers, out: PartialOutput, clf, options: ScoreOptions, colum
         raise StanceError("cannot resume: the partial output is gone (the checkpoint says "
                           f"{previous['rows_done']:,} rows were written to {out.partial})", path=out.ckpt,
                           hint="run again without --resume to start over")
+    if resume and previous.get("rows_done") and _partial_shorter(out, previous):
+        raise StanceError("cannot resume: the partial output is shorter than the checkpoint records (it was cut or "
+                          "replaced), so rows would be lost", path=out.partial,
+                          hint="run again without --resume to start over")
     if resume:
         for key in ("inputs", "model", "options", "format"):
             if previous.get(key) != state[key]:
@@ -169,8 +173,8 @@ def _score_locked(readers, out: PartialOutput, clf, options: ScoreOptions, colum
     except BaseException as exc:
         progress.close()
         if not out.stdout and state["rows_done"]:     # keep finished chunks: a fixed cause resumes, not restarts
-            log.error("stopped after %s rows (%s); finished chunks are kept: fix the cause and rerun with --resume",
-                      f"{state['rows_done']:,}", exc)
+            log.error("stopped after %s rows; finished chunks are kept: rerun with --resume once the cause is "
+                      "fixed (if that means changing an input file, the run starts over)", f"{state['rows_done']:,}")
         elif not out.stdout:
             out.clean()
         raise
@@ -181,6 +185,13 @@ def _score_locked(readers, out: PartialOutput, clf, options: ScoreOptions, colum
     summary.scored = sum(summary.stances.values())
     summary.seconds = time.time() - t0
     return summary
+
+
+def _partial_shorter(out: PartialOutput, ckpt: Dict) -> bool:
+    """Whether the partial output lacks what the checkpoint says was written (bytes, or Parquet parts)."""
+    if out.format == "parquet":
+        return any(not os.path.exists(out.part(i)) for i in range(ckpt.get("parts", 0)))
+    return os.path.getsize(out.partial) < ckpt.get("output_bytes", 0)
 
 
 def _text_columns(text_column: Union[str, Sequence[str]]) -> List[str]:

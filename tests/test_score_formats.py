@@ -176,3 +176,57 @@ def test_data_check_flags_non_text_values_and_unreadable_files(tmp_path):
     (tmp_path / "enc.csv").write_bytes(b"text,label\nok,support\nbad \xff,oppose\n")
     run = subprocess.run(STANCE + ["data", "check", str(tmp_path / "enc.csv")], capture_output=True, text=True)
     assert run.returncode == 2 and "enc.csv:3" in run.stderr
+
+
+def test_resume_refuses_a_partial_output_cut_short(tmp_path, clf, monkeypatch):
+    src = tmp_path / "in.csv"
+    src.write_text("id,text\n" + "".join(f"{i},strike them {i}\n" for i in range(50)), encoding="utf-8")
+    out = tmp_path / "o.csv"
+    real, calls = clf.score_records, {"n": 0}
+
+    def stop_on_fourth(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(clf, "score_records", stop_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        score_files([str(src)], str(out), clf, ScoreOptions(chunk_size=10))
+    monkeypatch.setattr(clf, "score_records", real)
+    partial = tmp_path / "o.csv.partial"
+    with open(partial, "r+b") as fh:
+        fh.truncate(100)                    # rows the checkpoint vouches for are gone
+    with pytest.raises(StanceError, match="shorter than the checkpoint"):
+        score_files([str(src)], str(out), clf, ScoreOptions(chunk_size=10, resume=True))
+    assert not out.exists()
+
+
+def test_a_tfidf_folder_with_reordered_labels_is_refused(tmp_path, tfidf_model):
+    import shutil
+    folder = tmp_path / "m"
+    shutil.copytree(tfidf_model, folder)
+    meta = json.loads((folder / "stance.json").read_text())
+    meta["labels"] = [meta["labels"][1], meta["labels"][0], *meta["labels"][2:]]     # support <-> oppose
+    (folder / "stance.json").write_text(json.dumps(meta))
+    with pytest.raises(StanceError, match="trained with"):
+        StanceClassifier.load(folder)
+
+
+def test_lone_surrogates_and_truncated_gzip_are_named_errors(tmp_path, clf, tfidf_model):
+    src = tmp_path / "s.jsonl"
+    rows = [json.dumps({"id": i, "text": f"war {i}"}) for i in range(20)]
+    rows[12] = '{"id": 12, "text": "\\ud800 broken"}'
+    src.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(StanceError, match="lone surrogate") as err:
+        score_files([str(src)], str(tmp_path / "a.csv"), clf, ScoreOptions(chunk_size=5))
+    assert err.value.line == 13
+    summary = score_files([str(src)], str(tmp_path / "b.csv"), clf, ScoreOptions(on_bad_lines="skip"))
+    assert summary.rows == 19 and [line for _, line, _ in summary.skipped_lines] == [13]
+
+    whole = gzip.compress(("id,text\n" + "".join(f"{i},bomb the labs {i}\n" for i in range(5000))).encode())
+    (tmp_path / "cut.csv.gz").write_bytes(whole[: len(whole) // 2])
+    run = subprocess.run(STANCE + ["score", str(tmp_path / "cut.csv.gz"), "-o", str(tmp_path / "c.csv"),
+                                   "--model", str(tfidf_model), "-q", "--chunk-size", "100"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "cut.csv.gz" in run.stderr and "cannot be read past" in run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "c.csv").exists()
