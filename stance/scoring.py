@@ -87,6 +87,8 @@ def score_files(inputs: Sequence[str], output: str, clf, options: Optional[Score
     if inputs.count("-") and options.resume:
         raise StanceError("--resume needs input files, not stdin")
     out = PartialOutput(output, out_fmt)
+    if options.excel_safe and out_fmt not in ("csv", "tsv"):
+        log.warning("--excel-safe changes only CSV and TSV output; %s is written as is", out_fmt)
     if out.stdout and options.resume:
         raise StanceError("--resume needs an output file, not stdout")
     if out.stdout and out_fmt == "parquet":
@@ -267,7 +269,7 @@ def _run(readers, out: PartialOutput, clf, options: ScoreOptions, columns, state
                 records = [r.values for r in chunk]
                 scored, notes = clf.score_records(records, options.text_column, options.min_confidence,
                                                   options.batch_size)
-                if options.excel_safe:
+                if options.excel_safe and out.format in ("csv", "tsv"):    # JSONL and Parquet are not spreadsheets
                     scored = [{k: excel_safe(v) for k, v in rec.items()} for rec in scored]
                 if out.format == "parquet" and not out.stdout:
                     out.write_part(state["parts"], scored, columns, base_schema, numeric)

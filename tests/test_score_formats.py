@@ -230,3 +230,10 @@ def test_lone_surrogates_and_truncated_gzip_are_named_errors(tmp_path, clf, tfid
                          capture_output=True, text=True)
     assert run.returncode == 2 and "cut.csv.gz" in run.stderr and "cannot be read past" in run.stderr
     assert "Traceback" not in run.stderr and not (tmp_path / "c.csv").exists()
+
+
+def test_excel_safe_leaves_jsonl_as_it_is(tmp_path, clf):
+    (tmp_path / "in.csv").write_text("=HDR,text\n=SUM(1),@cmd strike\n", encoding="utf-8")
+    score_files([str(tmp_path / "in.csv")], str(tmp_path / "o.jsonl"), clf, ScoreOptions(excel_safe=True))
+    row = json.loads((tmp_path / "o.jsonl").read_text(encoding="utf-8"))
+    assert row["=HDR"] == "=SUM(1)" and row["text"] == "@cmd strike"
