@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 from .textnorm import Normalizer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+MARK = "stance_normalizer"      # in tokenizer_config.json: the normalisation the tokenizer already applies
 
 
 def fold_temperature(folder: Path, temperature: float) -> None:
@@ -47,6 +48,9 @@ def embed_normalizer(folder: Path, normalizer: Normalizer, max_length: int, raw_
     from tokenizers import normalizers
     from transformers import AutoTokenizer
     old = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    config_path = folder / "tokenizer_config.json"
+    if json.loads(config_path.read_text(encoding="utf-8")).get(MARK) == normalizer.to_dict():
+        return None              # a folder made from a stance folder (`stance adapt`): already inside
     steps = normalizer.tokenizer_steps()
     if steps is None:
         why_not = "emoji are turned into words by the emoji package, which a tokenizer cannot do"
@@ -62,9 +66,9 @@ def embed_normalizer(folder: Path, normalizer: Normalizer, max_length: int, raw_
         new.backend_tokenizer.normalizer = normalizers.Sequence(steps + ([own] if own is not None else []))
     new.save_pretrained(str(folder))
     if why_not is None:
-        config_path = folder / "tokenizer_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8"))
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        config[MARK] = normalizer.to_dict()
         config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
         reloaded = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         clean = [normalizer(t) for t in raw_texts]

@@ -224,3 +224,16 @@ def test_adapt_trains_on_gold_keeps_a_holdout_and_records_it(tiny_model, tmp_pat
     cfg = load_config(str(out / "config.yaml"))          # reproducible from the folder: its data is inside it
     assert Path(cfg.data.train).parent == out / "adapt_data" and Path(cfg.data.train).exists()
     assert StanceClassifier.load(out).predict("bomb the labs") in StanceClassifier.load(out).labels
+
+
+def test_embedding_the_normaliser_twice_changes_nothing(tiny_model, tmp_path):
+    import shutil
+    from stance.hf_compat import embed_normalizer
+    from stance.textnorm import Normalizer
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder)
+    norm = Normalizer(emoji_to_text=False)
+    assert embed_normalizer(folder, norm, 32, RAW_POSTS) is None
+    first = (folder / "tokenizer.json").read_bytes()
+    assert embed_normalizer(folder, norm, 32, RAW_POSTS) is None        # as `stance adapt` would on its output
+    assert (folder / "tokenizer.json").read_bytes() == first
