@@ -16,6 +16,7 @@ from stance import StanceClassifier
 from stance.errors import StanceError
 from stance.outputs import PROVENANCE_KEY
 from stance.scoring import ScoreOptions, score_files
+from test_score import fail_on_chunk
 
 STANCE = [sys.executable, "-m", "stance.cli"]
 
@@ -143,21 +144,20 @@ def test_utf16_tsv_and_json_array_inputs(tmp_path, clf):
     assert err.value.line == 3 and not (tmp_path / "d.csv").exists()
 
 
-def test_gz_output_is_compressed_and_resumable(tmp_path, clf, monkeypatch):
+def interrupted(tmp_path, clf, monkeypatch, out, rows: int, stop_at: int):
+    """An export of ``rows`` numbered posts, scored into ``out`` in chunks of 10 until a Ctrl-C at chunk ``stop_at``."""
     src = tmp_path / "in.csv"
-    src.write_text("id,text\n" + "".join(f"{i},bomb them {i}\n" for i in range(40)), encoding="utf-8")
-    out = tmp_path / "o.csv.gz"
-    real, calls = clf.score_records, {"n": 0}
-
-    def stop_on_third(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-    monkeypatch.setattr(clf, "score_records", stop_on_third)
+    src.write_text("id,text\n" + "".join(f"{i},strike them {i}\n" for i in range(rows)), encoding="utf-8")
+    real = fail_on_chunk(clf, monkeypatch, stop_at, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         score_files([str(src)], str(out), clf, ScoreOptions(chunk_size=10))
     monkeypatch.setattr(clf, "score_records", real)
+    return src
+
+
+def test_gz_output_is_compressed_and_resumable(tmp_path, clf, monkeypatch):
+    out = tmp_path / "o.csv.gz"
+    src = interrupted(tmp_path, clf, monkeypatch, out, rows=40, stop_at=3)
     score_files([str(src)], str(out), clf, ScoreOptions(chunk_size=10, resume=True))
     with gzip.open(out, "rt", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
@@ -179,20 +179,8 @@ def test_data_check_flags_non_text_values_and_unreadable_files(tmp_path):
 
 
 def test_resume_refuses_a_partial_output_cut_short(tmp_path, clf, monkeypatch):
-    src = tmp_path / "in.csv"
-    src.write_text("id,text\n" + "".join(f"{i},strike them {i}\n" for i in range(50)), encoding="utf-8")
     out = tmp_path / "o.csv"
-    real, calls = clf.score_records, {"n": 0}
-
-    def stop_on_fourth(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-    monkeypatch.setattr(clf, "score_records", stop_on_fourth)
-    with pytest.raises(KeyboardInterrupt):
-        score_files([str(src)], str(out), clf, ScoreOptions(chunk_size=10))
-    monkeypatch.setattr(clf, "score_records", real)
+    src = interrupted(tmp_path, clf, monkeypatch, out, rows=50, stop_at=4)
     partial = tmp_path / "o.csv.partial"
     with open(partial, "r+b") as fh:
         fh.truncate(100)                    # rows the checkpoint vouches for are gone
