@@ -16,7 +16,7 @@ import numpy as np
 
 from stance import StanceClassifier
 from stance.data import load_labelled
-from stance.metrics import compute_metrics, expected_calibration_error
+from stance.metrics import compute_metrics, expected_calibration_error, fit_temperature, softmax
 
 SPLITS = {"dev": "data/dev.jsonl", "test": "data/test.jsonl", "external": "data/external/external.jsonl"}
 
@@ -60,11 +60,16 @@ def main() -> None:
     w = float(grid[int(np.argmin(dev_loss))])
     print(f"CPU: {cpu_name()}; transformer {args.model} ({big.runtime}), TF-IDF {args.tfidf}")
     print(f"weight of the transformer chosen on dev log loss: {w}")
+    # An average of two models is less sure than either: a temperature on its log-probabilities, fitted on dev.
+    temp = fit_temperature(np.log(w * probs["dev"][0] + (1 - w) * probs["dev"][1]), gold["dev"])
+    print(f"temperature of the mix, fitted on dev: {temp:.3f}")
     rows = {}
     for name in SPLITS:
         t, f = probs[name]
+        mix = w * t + (1 - w) * f
         rows[name] = {"transformer": summary(t, gold[name], labels), "tfidf": summary(f, gold[name], labels),
-                      f"mix w={w}": summary(w * t + (1 - w) * f, gold[name], labels)}
+                      f"mix w={w}": summary(mix, gold[name], labels),
+                      "mix + T": summary(softmax(np.log(mix), temp), gold[name], labels)}
         for model, s in rows[name].items():
             print(f"{name:9s} {model:12s} " + "  ".join(f"{k} {v}" for k, v in s.items()))
     print(json.dumps({"weight": w, "results": rows, "seconds": round(time.time() - t0, 1)}))
