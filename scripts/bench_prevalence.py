@@ -75,6 +75,8 @@ def main():
     ap.add_argument("--plot", default=str(ROOT / "docs/prevalence.png"))
     ap.add_argument("--post-bootstrap", action="store_true",
                     help="bootstrap the error rates over posts instead of whole writers")
+    ap.add_argument("--crossfit-external", action="store_true",
+                    help="also: error rates from dev + test + half of the external writers, shares of the other half")
     args = ap.parse_args()
     t0 = time.time()
     clf = StanceClassifier.load(args.model)
@@ -87,6 +89,16 @@ def main():
     pools = {"test": (test[:2], LabelledOutputs(dev[0], dev[1], "dev", groups=dev[2])),
              "external": (ext[:2], LabelledOutputs(cal_external[0], cal_external[1], "dev + test",
                                                    groups=cal_external[2]))}
+    if args.crossfit_external:
+        # Error rates measured on new writers too: two of the external set's four writers calibrate, the
+        # other two are the export, and the other way round (no post both calibrates and is estimated).
+        for name, cal_writers in (("ext x3+x4 | cal +x1+x2", ("e1", "e2")), ("ext x1+x2 | cal +x3+x4", ("e3", "e4"))):
+            cal = np.isin(ext[2], cal_writers)
+            pools[name] = ((ext[0][~cal], ext[1][~cal]),
+                           LabelledOutputs(np.concatenate([cal_external[0], ext[0][cal]]),
+                                           np.concatenate([cal_external[1], ext[1][cal]]),
+                                           "dev + test + 2 external writers",
+                                           groups=np.concatenate([cal_external[2], ext[2][cal]])))
     rng = np.random.default_rng(0)
     results = {name: simulate(*pool, cal, args, rng, support) for name, (pool, cal) in pools.items()}
     print(f"model {args.model} ({clf.runtime}); {args.resamples} resamples of {args.size} posts per pool, support "
