@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .errors import StanceError
+from .io import TableReader
 
 PROVENANCE_KEY = b"stance.provenance"     # Parquet key-value metadata; OUTPUT.meta.json holds the same
+RAY_MANIFEST, RAY_SUCCESS = "_manifest.json", "_SUCCESS"     # written last by `--engine ray` (ray_scoring.py)
 
 
 class PartialOutput:
@@ -179,13 +181,36 @@ def provenance(clf, state: Dict, text_column, min_confidence: Optional[float]) -
             "text_column": text_column, "inputs": state["inputs"], "rows": state["rows_done"]}
 
 
+class PartsReader:
+    """The folder `stance score --engine ray` writes, read as one table: its Parquet parts in order."""
+
+    def __init__(self, folder: str):
+        self.path, self.format, self.skipped = folder, "parquet", []
+        parts = sorted(Path(folder).glob("part-*.parquet"))
+        if not (Path(folder) / RAY_SUCCESS).exists() or not parts:
+            raise StanceError("not a finished `stance score --engine ray` folder (no _SUCCESS or no parts)",
+                              path=folder, hint="finish the run with --resume, or give a scored file")
+        self.readers = [TableReader(str(p), format="parquet").open() for p in parts]
+        self.columns = self.readers[0].columns
+
+    def chunks(self, size: int):
+        for reader in self.readers:
+            yield from reader.chunks(size)
+
+
+def open_scored(path: str):
+    """A reader of a scored file, or of a Ray output folder."""
+    return PartsReader(path) if os.path.isdir(path) else TableReader(path).open()
+
+
 def read_provenance(output: str) -> Dict:
-    """What `stance score` recorded about a scored file: OUTPUT.meta.json, else the Parquet
-    file's own metadata; empty when neither is there (a file scored elsewhere)."""
-    try:
-        return json.loads(Path(output + ".meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
+    """What `stance score` recorded about a scored file: OUTPUT.meta.json, a Ray folder's _manifest.json,
+    else the Parquet file's own metadata; empty when none is there (a file scored elsewhere)."""
+    for candidate in (Path(output + ".meta.json"), Path(output) / RAY_MANIFEST):
+        try:
+            return json.loads(candidate.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            pass
     if output.lower().endswith((".parquet", ".pq")):
         try:
             import pyarrow.parquet as pq

@@ -26,13 +26,13 @@ from typing import Dict, List, Optional, Sequence
 from .errors import StanceError
 from .folder import ModelMeta, file_sha256, folder_digest
 from .io import TableReader
-from .outputs import run_record
+from .outputs import RAY_MANIFEST, RAY_SUCCESS, run_record
 from .progress import Progress
 from .scoring import ScoreOptions, ScoreSummary
 from .shards import expand_inputs, input_schema, output_schema, plan_shards, read_shard
 
 log = logging.getLogger("stance.score")
-PLAN, MANIFEST, SUCCESS, LOCK = "_stance_run.json", "_manifest.json", "_SUCCESS", ".lock"
+PLAN, MANIFEST, SUCCESS, LOCK = "_stance_run.json", RAY_MANIFEST, RAY_SUCCESS, ".lock"
 PLAN_VERSION = 1
 RESULT_KEYS = ("run", "shard", "rows", "runtime", "stances", "notes", "runtime_reason", "pid", "node", "seconds",
                "peak_rss_mb")

@@ -16,10 +16,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .errors import StanceError, suggestion
-from .io import TableReader, read_rows
+from .io import read_rows
 from .labels import LABELS, map_label
 from .metrics import pct
-from .outputs import read_provenance
+from .outputs import open_scored, read_provenance
 from .prevalence import ESTIMATORS, NEEDS_LABELLED, GroupStats, LabelledOutputs, estimate
 from .reporting import Doc, pyplot, save_figure
 from .sampling import is_random_sample
@@ -125,7 +125,7 @@ def summarise_scored(path: str, estimator: Optional[str] = None, model: Optional
                      gold: Optional[str] = None, by: Sequence[str] = (), date_column: Optional[str] = None,
                      id_column: str = "id", examples: int = 5, n_boot: int = 200) -> Dict:
     """Stream a scored file once and estimate the stance shares overall, per group and per period."""
-    reader = TableReader(path).open()
+    reader = open_scored(path)
     for col in ("stance", "confidence"):
         if col not in reader.columns:
             raise StanceError(f"no '{col}' column: is this the output of `stance score`?", path=path, column=col)

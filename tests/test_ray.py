@@ -95,6 +95,13 @@ def test_same_answers_as_local(model, request, tmp_path, local_ray):
     assert (tmp_path / "ray" / SUCCESS).exists() and not (tmp_path / "ray" / PLAN).exists()
     assert summary.notes["empty_text"] == 2 and summary.scored == 150
 
+    # `stance report` reads the folder as one table, with the manifest as its provenance
+    from stance.share_report import summarise_scored
+    shares = summarise_scored(str(tmp_path / "ray"), estimator="cc")
+    assert shares["rows"] == 152 and shares["scored_by"]["model_digest"] == manifest["model_digest"]
+    assert {l: v["count"] for l, v in shares["shares"].items()} == {l: int((want["stance"] == l).sum())
+                                                                     for l in clf.labels}
+
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet", "csv.gz"])
 def test_formats_folders_and_globs(fmt, tmp_path, tfidf_model, local_ray):
