@@ -31,6 +31,7 @@ class PartialOutput:
         self.partial = path + ".partial"
         self.ckpt = path + ".ckpt.json"
         self.stdout = path == "-"
+        self._schema = None          # Parquet parts' schema, once a part is written
         self.gzip = not self.stdout and path.lower().endswith(".gz")
         if self.gzip and fmt == "parquet":
             raise StanceError("Parquet compresses its own columns: a .gz name would hold a plain Parquet file",
@@ -39,16 +40,7 @@ class PartialOutput:
     # -- lock ---------------------------------------------------------------
     def lock(self) -> None:
         """Hold OUTPUT.lock for this run: a second run on the same output stops instead of corrupting it."""
-        self._lock = open(self.path + ".lock", "a+")
-        try:
-            import fcntl
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:     # no fcntl (Windows): runs are not guarded against each other
-            pass
-        except OSError:
-            self._lock.close()
-            raise StanceError("another `stance score` run is writing this output", path=self.path,
-                              hint="wait for it to finish, or write to another file") from None
+        self._lock = hold_lock(self.path + ".lock", self.path, "this output", "another file")
 
     def unlock(self) -> None:
         lock = getattr(self, "_lock", None)
@@ -68,18 +60,10 @@ class PartialOutput:
                 os.remove(p)
 
     def read_checkpoint(self) -> Optional[dict]:
-        try:
-            return json.loads(Path(self.ckpt).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return None
+        return read_json(self.ckpt)
 
     def write_checkpoint(self, state: dict) -> None:
-        tmp = self.ckpt + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.ckpt)
+        write_json(self.ckpt, state, indent=None, fsync=True)
 
     # -- text formats -------------------------------------------------------
     def open_text(self, keep_bytes: int):
@@ -122,13 +106,16 @@ class PartialOutput:
         tmp = os.path.join(self.partial, f".part-{index:06d}.parquet")
         pq.write_table(table, tmp)
         os.replace(tmp, self.part(index))
+        self._schema = schema          # every later part takes the types of the first
 
     def _part_schema(self, rows: List[Dict], columns: List[str], base_schema, numeric: frozenset):
         """Part 0 fixes the schema. Input columns keep a Parquet input's own types; otherwise they
         are inferred from the first chunk, all-null columns as strings; scores are float64."""
         import pyarrow as pa
         import pyarrow.parquet as pq
-        if os.path.exists(self.part(0)):
+        if self._schema is not None:
+            return self._schema
+        if os.path.exists(self.part(0)):         # a resumed run: part 0 of the interrupted one decided
             return pq.read_schema(self.part(0))
         inferred = pa.Table.from_pylist(rows).schema if base_schema is None else None
         fields = []
@@ -206,11 +193,10 @@ def open_scored(path: str):
 def read_provenance(output: str) -> Dict:
     """What `stance score` recorded about a scored file: OUTPUT.meta.json, a Ray folder's _manifest.json,
     else the Parquet file's own metadata; empty when none is there (a file scored elsewhere)."""
-    for candidate in (Path(output + ".meta.json"), Path(output) / RAY_MANIFEST):
-        try:
-            return json.loads(candidate.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            pass
+    for candidate in (output + ".meta.json", os.path.join(output, RAY_MANIFEST)):
+        recorded = read_json(candidate)
+        if recorded is not None:
+            return recorded
     if output.lower().endswith((".parquet", ".pq")):
         try:
             import pyarrow.parquet as pq
@@ -222,9 +208,41 @@ def read_provenance(output: str) -> Dict:
 
 def write_provenance(output: str, meta: Dict) -> None:
     """OUTPUT.meta.json beside the output."""
-    tmp = output + ".meta.json.tmp"
-    Path(tmp).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, output + ".meta.json")
+    write_json(output + ".meta.json", meta)
+
+
+def hold_lock(lock_path: str, path: str, what: str, elsewhere: str):
+    """An exclusive lock on ``lock_path`` for one run, or a StanceError when another run holds it."""
+    fh = open(lock_path, "a+")
+    try:
+        import fcntl
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:     # no fcntl (Windows): runs are not guarded against each other
+        pass
+    except OSError:
+        fh.close()
+        raise StanceError(f"another `stance score` run is writing {what}", path=path,
+                          hint=f"wait for it to finish, or write to {elsewhere}") from None
+    return fh
+
+
+def read_json(path) -> Optional[Dict]:
+    """A small JSON file this tool wrote, or None when it is absent or unreadable."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path, data: Dict, indent: Optional[int] = 2, fsync: bool = False) -> None:
+    """Write under a temporary name, then rename: readers see the old file or the whole new one."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=indent, ensure_ascii=False)
+        if fsync:       # a checkpoint must survive a power cut, not only a killed process
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def count_rows(path: str, fmt: str) -> Optional[int]:

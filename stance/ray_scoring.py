@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence
 from .errors import StanceError
 from .folder import ModelMeta, file_sha256, folder_digest
 from .io import TableReader
-from .outputs import RAY_MANIFEST, RAY_SUCCESS, run_record
+from .outputs import RAY_MANIFEST, RAY_SUCCESS, hold_lock, read_json, run_record, write_json
 from .progress import Progress
 from .scoring import ScoreOptions, ScoreSummary
 from .shards import expand_inputs, input_schema, output_schema, plan_shards, read_shard
@@ -115,32 +115,9 @@ def _part_info(path: Path, run: str, shard: int) -> Optional[Dict]:
 
 # -- the driver -------------------------------------------------------------------------------------------
 
-def _read_json(path: Path) -> Optional[Dict]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _write_json(path: Path, data: Dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _lock(out: Path):
     """Hold OUT_DIR/.lock: a second driver on the same folder stops instead of mixing two runs."""
-    fh = open(out / LOCK, "a+")
-    try:
-        import fcntl
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except ImportError:         # no fcntl (Windows): runs are not guarded against each other
-        pass
-    except OSError:
-        fh.close()
-        raise StanceError("another `stance score` run is writing this folder", path=str(out),
-                          hint="wait for it to finish, or write to another folder") from None
-    return fh
+    return hold_lock(str(out / LOCK), str(out), "this folder", "another folder")
 
 
 def _ours(name: str) -> bool:
@@ -155,13 +132,13 @@ def _prepare(out: Path, state: Dict, resume: bool):
         return next((v for k, v in what.items() if old.get(k) != state[k]), None)
 
     if (out / SUCCESS).exists():
-        manifest = _read_json(out / MANIFEST) or {}
+        manifest = read_json(out / MANIFEST) or {}
         if resume and not differs(manifest):
             return "finished", manifest
         since = f", and {differs(manifest)} changed since" if resume else ""
         raise StanceError(f"the folder holds a finished run{since}", path=str(out),
                           hint="write to another folder, or delete this one to score again")
-    plan = _read_json(out / PLAN)
+    plan = read_json(out / PLAN)
     if plan is not None and resume:
         if differs(plan):
             raise StanceError(f"cannot resume: {differs(plan)} changed since the interrupted run",
@@ -257,7 +234,7 @@ def score_with_ray(inputs: Sequence[str], out_dir: str, model_folder: str, optio
             shards = plan_shards(paths, formats, options.chunk_size, options.encoding)
             run = hashlib.sha256(json.dumps([state, shards], sort_keys=True).encode()).hexdigest()[:16]
             plan = {"version": PLAN_VERSION, "run": run, **state, "formats": formats, "shards": shards}
-            _write_json(out / PLAN, plan)                # resumable from here on
+            write_json(out / PLAN, plan)                # resumable from here on
         done = {s["shard"]: _part_info(out / part_name(s["shard"]), plan["run"], s["shard"]) for s in plan["shards"]}
         done = {k: v for k, v in done.items() if v is not None}
         for p in out.glob(".part-*.tmp"):                # left by a killed actor or driver
@@ -289,7 +266,7 @@ def score_with_ray(inputs: Sequence[str], out_dir: str, model_folder: str, optio
             log.warning("malformed lines skipped (--on-bad-lines skip): %s", f"{manifest['notes']['skipped_lines']:,}")
         reasons = sorted({w["runtime_reason"] for w in manifest["workers"]})
         log.info("model %s, runtime %s%s", model, manifest["runtime"], f": {'; '.join(reasons)}" if reasons else "")
-        _write_json(out / MANIFEST, manifest)
+        write_json(out / MANIFEST, manifest)
         (out / SUCCESS).touch()                          # completion is marked last
         (out / PLAN).unlink()
         _fill(summary, manifest, summary.resumed_from)
