@@ -4,8 +4,9 @@ Prior-shift simulation: from a pool of labelled posts the model has scored, draw
 (with replacement) whose true support share runs from 10% to 60% (the other labels keep their relative
 shares), --resamples times; estimate the shares with each estimator and compare with the truth. Two pools:
 - `test`: the test split, with the model's error rates measured on dev only (same writers as training);
-- `external`: data/external (writers never seen in training), with the error rates from dev + test, which is
-  what `stance report` uses for a real export.
+- `external`: data/external (writers never seen in training), with the error rates `stance report` uses for a
+  real export: the model folder's `labelled_outputs.json` (its dev + test predictions, or, for a model trained
+  with `training.crossfit`, the out-of-writer predictions of `stance crossfit`).
 `ppi` gets --gold posts drawn at random from each simulated export; its interval is compared with the interval
 from those gold posts alone (no model). Prints a table and writes docs/prevalence.png.
 
@@ -76,19 +77,20 @@ def main():
     ap.add_argument("--post-bootstrap", action="store_true",
                     help="bootstrap the error rates over posts instead of whole writers")
     ap.add_argument("--crossfit-external", action="store_true",
-                    help="also: error rates from dev + test + half of the external writers, shares of the other half")
+                    help="also: the stored error rates plus half of the external writers, shares of the other half")
     args = ap.parse_args()
     t0 = time.time()
     clf = StanceClassifier.load(args.model)
     support = clf.labels.index("support")
     dev, test, ext = (scored(clf, ROOT / p) for p in ("data/dev.jsonl", "data/test.jsonl",
                                                        "data/external/external.jsonl"))
+    stored = LabelledOutputs.from_model(args.model, clf.labels)       # what `stance report` adjusts with
     if args.post_bootstrap:             # resample posts, not writers, for the error rates (as before writers)
-        dev, test = (dev[0], dev[1], None), (test[0], test[1], None)
-    cal_external = [np.concatenate([dev[i], test[i]]) if dev[i] is not None else None for i in range(3)]
+        dev, stored.groups = (dev[0], dev[1], None), None
+    cal_external = [stored.gold, stored.probs, stored.groups]
     pools = {"test": (test[:2], LabelledOutputs(dev[0], dev[1], "dev", groups=dev[2])),
-             "external": (ext[:2], LabelledOutputs(cal_external[0], cal_external[1], "dev + test",
-                                                   groups=cal_external[2]))}
+             "external": (ext[:2], stored)}
+    print(f"external pool: error rates from {stored.source}")
     if args.crossfit_external:
         # Error rates measured on new writers too: two of the external set's four writers calibrate, the
         # other two are the export, and the other way round (no post both calibrates and is estimated).
@@ -97,7 +99,7 @@ def main():
             pools[name] = ((ext[0][~cal], ext[1][~cal]),
                            LabelledOutputs(np.concatenate([cal_external[0], ext[0][cal]]),
                                            np.concatenate([cal_external[1], ext[1][cal]]),
-                                           "dev + test + 2 external writers",
+                                           stored.source + " + 2 external writers",
                                            groups=np.concatenate([cal_external[2], ext[2][cal]])))
     rng = np.random.default_rng(0)
     results = {name: simulate(*pool, cal, args, rng, support) for name, (pool, cal) in pools.items()}

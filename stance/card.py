@@ -41,10 +41,27 @@ def write_model_card(folder: Path, cfg, metrics: Dict) -> None:
     ]
     cal = metrics.get("calibration")
     if cal:
-        lines += ["## Calibration", "",
-                  f"Probabilities are temperature-scaled (T = {cal['temperature']}, fitted on dev). "
-                  f"Default `--min-confidence` {cal['min_confidence']}: the lowest threshold at which dev accuracy "
-                  f"of the kept posts reaches 0.90 (keeps {pct(cal['dev_coverage_at_min_confidence'])}% of dev).", ""]
+        xf = cal.get("crossfit")
+        if xf:
+            lines += ["## Calibration", "",
+                      f"Probabilities are temperature-scaled for writers the model never saw: T = {cal['temperature']}, "
+                      f"the dev-fitted {cal['dev_temperature']} times {xf['temperature_factor']}, the factor that "
+                      f"calibrates out-of-writer predictions (`{xf['file']}`: {xf['folds']} models of this config, "
+                      f"each trained without a group of the {xf['writers']} writers, scored the {xf['posts']:,} "
+                      f"labelled posts of the writers it did not see; ECE there {xf['ece_at_dev_temperature']:.3f} "
+                      f"at the dev temperature, {xf['ece_after_factor']:.3f} after). "
+                      f"**Leave-writers-out macro-F1: {xf['macro_f1']:.3f}** (by fold: "
+                      f"{', '.join(f'{f:.3f}' for f in xf['macro_f1_by_fold'])}). "
+                      f"Default `--min-confidence` {cal['min_confidence']}: the lowest threshold at which the "
+                      "out-of-writer accuracy of the kept posts reaches 0.90 (keeps "
+                      f"{pct(cal['crossfit_coverage_at_min_confidence'])}% of them). `stance report` corrects "
+                      "shares for the out-of-writer error rates.", ""]
+        else:
+            lines += ["## Calibration", "",
+                      f"Probabilities are temperature-scaled (T = {cal['temperature']}, fitted on dev). "
+                      f"Default `--min-confidence` {cal['min_confidence']}: the lowest threshold at which dev "
+                      f"accuracy of the kept posts reaches 0.90 (keeps {pct(cal['dev_coverage_at_min_confidence'])}% "
+                      "of dev).", ""]
     if metrics.get("pipeline"):
         lines += ["## Plain `transformers`", "",
                   "The temperature is folded into the classifier's weights and the text normalisation into the "

@@ -252,6 +252,32 @@ def adapt(
                f"{100 * c['ci_low']:+.1f} to {100 * c['ci_high']:+.1f}, p = {c['p_value']:.3f})")
 
 
+@app.command()
+def crossfit(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML run config to cross-fit (see models/default.yaml)."),
+    output: str = typer.Option(..., "--output", "-o", help="The JSON file to write, e.g. models/default.crossfit.json; "
+                               "name it in the config as training.crossfit."),
+    folds: int = typer.Option(3, "--folds", min=2, help="Groups of writers: one model is trained without each."),
+    group_column: Optional[str] = typer.Option(None, "--group-column", help="Column naming each post's writer or "
+                                               "source (default: the writer in ids like b3-0012)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a config key, e.g. --set training.epochs=3."),
+):
+    """Score every labelled post with a model that never saw its writer: the leave-writers-out macro-F1, the
+    temperature new writers need, and the error rates `stance report` corrects shares for.
+
+    Trains --folds models of the config (each about as long as one training); finished folds are kept, and
+    rerunning the command continues."""
+    _setup_logging()
+    from .config import load_config
+    from .crossfit_train import run_crossfit
+    result = run_crossfit(load_config(str(config), set_), output, folds=folds, group_column=group_column)
+    s = result.summary()
+    typer.echo(f"wrote {output}: leave-writers-out macro-F1 {s['macro_f1']:.3f} (folds "
+               f"{', '.join(f'{f:.3f}' for f in s['macro_f1_by_fold'])}; {s['writers']} writers, {s['posts']:,} "
+               f"posts); temperature factor {s['temperature_factor']} (ECE {s['ece_at_dev_temperature']:.3f} -> "
+               f"{s['ece_after_factor']:.3f})")
+
+
 @data_app.command("check")
 def data_check(
     paths: List[str] = typer.Argument(..., help="Labelled files; give all splits together to check leakage."),

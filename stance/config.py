@@ -55,6 +55,9 @@ class TrainingConfig:
     early_stopping_patience: int = 2    # epochs without a better dev macro-F1
     threads: Optional[int] = None       # torch CPU threads; None = all cores
     device: str = "auto"                # auto | cpu | cuda
+    # Out-of-writer predictions made by `stance crossfit` (a JSON file): they set how much softer than the
+    # dev-fitted temperature new writers need, and the error rates `stance report` corrects shares for.
+    crossfit: Optional[str] = None
     # TF-IDF baseline only
     tfidf_C: float = 4.0
     tfidf_max_features: int = 200000

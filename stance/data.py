@@ -57,8 +57,10 @@ def row_problems(text: object, raw_label: object, label: Optional[str], text_col
 
 def load_labelled(path: str, text_column: str = "text", label_column: str = "label",
                   labels: Sequence[str] = LABELS, label_map: Optional[Mapping[str, str]] = None,
-                  encoding: str = "utf-8") -> LabelledData:
-    """Read a labelled file; raise one StanceError listing every bad row (first 10 shown)."""
+                  encoding: str = "utf-8", keep_columns: Sequence[str] = ()) -> LabelledData:
+    """Read a labelled file; raise one StanceError listing every bad row (first 10 shown).
+
+    The slice columns (and `keep_columns`) that the file has are kept in `columns`."""
     columns, rows = read_rows(path, encoding=encoding)
     for name, role in ((text_column, "text"), (label_column, "label")):
         if name not in columns:
@@ -68,7 +70,7 @@ def load_labelled(path: str, text_column: str = "text", label_column: str = "lab
     if not rows:
         raise StanceError("the file holds no rows", path=path)
     problems: List[str] = []
-    data = LabelledData(path, [], [], [], {c: [] for c in SLICE_COLUMNS if c in columns})
+    data = LabelledData(path, [], [], [], {c: [] for c in (*SLICE_COLUMNS, *keep_columns) if c in columns})
     for row in rows:
         text = row.values.get(text_column)
         raw_label = row.values.get(label_column)

@@ -29,6 +29,7 @@ from .folder import ModelMeta
 from .hardware import detect, pick_device
 from .metrics import compute_metrics, coverage_curve, fit_temperature, slice_metrics, softmax
 from .prevalence import write_labelled_outputs
+from .crossfit import Crossfit
 from .textnorm import Normalizer
 
 log = logging.getLogger("stance.train")
@@ -86,6 +87,7 @@ def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
     set_seed(cfg.training.seed)
     labels = list(cfg.data.labels)
     label2id = {label: i for i, label in enumerate(labels)}
+    crossfit = Crossfit.load(cfg.training.crossfit, labels) if cfg.training.crossfit else None
     normalizer = Normalizer(urls=cfg.model.normalize_urls, mentions=cfg.model.normalize_mentions,
                             emoji_to_text=cfg.model.emoji_to_text)
     texts = {k: [normalizer(t) for t in v.texts] for k, v in splits.items()}
@@ -112,7 +114,7 @@ def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
             history = _fine_tune(cfg, backbone_dir, labels, texts, ids, tmp, progress)
             engine = TransformerEngine(tmp, meta, device=cfg.training.device)
         logits = {name: engine.logits(texts[name])[0] for name in ("dev", "test", "external") if name in splits}
-        calibration = _calibrate(logits.get("dev"), ids.get("dev"))
+        calibration = _calibrate(logits.get("dev"), ids.get("dev"), crossfit, cfg)
         meta = replace(meta, temperature=calibration.get("temperature", 1.0),
                        min_confidence=calibration.get("min_confidence", 0.0))
         metrics: Dict = {"calibration": calibration} if calibration else {}
@@ -121,9 +123,11 @@ def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
                                                                   splits["train"].texts)
         metrics.update(_evaluate(splits, logits, meta))
         # The model's error rates on labelled posts, for the share estimators of `stance report` (acc, pacc, emq).
-        write_labelled_outputs(tmp, labels, {name: (ids[name], softmax(logits[name], meta.scoring_temperature),
-                                                    splits[name].columns.get("id"))
-                                             for name in ("dev", "test") if name in logits})
+        # Out-of-writer predictions where there are some: a new export's writers are new writers.
+        write_labelled_outputs(tmp, labels, {"crossfit": (crossfit.gold, crossfit.calibrated(), crossfit.ids)}
+                               if crossfit else
+                               {name: (ids[name], softmax(logits[name], meta.scoring_temperature),
+                                       splits[name].columns.get("id")) for name in ("dev", "test") if name in logits})
         if meta.engine == "transformer" and cfg.model.fast_path:
             checks = {"fast_path": lambda: _build_fast_path(tmp, meta, texts, splits, logits),
                       "bf16": lambda: _check_bf16(tmp, meta, texts, splits, logits)}
@@ -337,14 +341,29 @@ def _check_set(texts: Dict[str, List[str]], splits: Dict[str, LabelledData], fp3
             np.concatenate([fp32_logits[n] for n in names]))
 
 
-def _calibrate(dev_logits: Optional[np.ndarray], dev_ids: Optional[np.ndarray]) -> Dict:
-    """Temperature and default confidence threshold fitted on dev (empty without a dev split)."""
+def _calibrate(dev_logits: Optional[np.ndarray], dev_ids: Optional[np.ndarray], crossfit: Optional[Crossfit],
+               cfg: RunConfig) -> Dict:
+    """Temperature and default confidence threshold (empty without a dev split).
+
+    The temperature is fitted on dev; with a cross-fit result it is then multiplied by the factor that
+    calibrates out-of-writer predictions, and the threshold is chosen on those (new writers) instead of dev."""
     if dev_logits is None:
         return {}
     temperature = round(fit_temperature(dev_logits, dev_ids), 4)
-    curve = coverage_curve(softmax(dev_logits, temperature), dev_ids)
-    return {"temperature": temperature, "min_confidence": curve["threshold"] or 0.0,
-            "dev_coverage_at_min_confidence": curve["coverage_at_threshold"]}
+    if crossfit is None:
+        curve = coverage_curve(softmax(dev_logits, temperature), dev_ids)
+        return {"temperature": temperature, "min_confidence": curve["threshold"] or 0.0,
+                "dev_coverage_at_min_confidence": curve["coverage_at_threshold"], "fitted_on": "dev"}
+    stale = crossfit.stale_for(cfg)
+    if stale:
+        log.warning("%s may not fit this model: %s; rerun `stance crossfit` with this config for a temperature "
+                    "and error rates that do", cfg.training.crossfit, stale)
+    curve = coverage_curve(crossfit.calibrated(), crossfit.gold)
+    return {"temperature": round(temperature * crossfit.temperature_factor, 4), "dev_temperature": temperature,
+            "min_confidence": curve["threshold"] or 0.0,
+            "crossfit_coverage_at_min_confidence": curve["coverage_at_threshold"],
+            "fitted_on": "dev x out-of-writer factor", "crossfit": {"file": cfg.training.crossfit,
+                                                                    **crossfit.summary()}}
 
 
 def _evaluate(splits: Dict[str, LabelledData], logits: Dict[str, np.ndarray], meta: ModelMeta) -> Dict:

@@ -15,7 +15,8 @@ from stance.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 INPUT_OPTIONS = {"--model", "-m", "--gold", "--config"}
-NOT_RUN_HERE = {"annotate": "serves a page until stopped", "adapt": "fine-tunes for minutes"}
+NOT_RUN_HERE = {"annotate": "serves a page until stopped", "adapt": "fine-tunes for minutes",
+                "crossfit": "fine-tunes one model per fold"}
 
 
 def readme_commands():

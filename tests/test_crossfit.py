@@ -1,0 +1,151 @@
+"""Writer cross-fitting: every labelled post scored by a model that never saw its writer, and what training
+takes from that (a softer temperature for new writers, out-of-writer error rates for share estimates)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import POSTS, write_jsonl
+from stance import crossfit_train
+from stance.cli import app
+from stance.config import load_config
+from stance.crossfit import Crossfit, recipe_digest, soften
+from stance.errors import StanceError
+from stance.metrics import softmax
+from stance.prevalence import LabelledOutputs
+
+LABELS = ["support", "oppose", "question", "neutral"]
+WRITERS = ["w1", "w2", "w3", "w4"]
+
+
+@pytest.fixture()
+def writer_files(tmp_path):
+    """Four writers, each writing every test post in their own words; 4 + 4 of each writer's 24 to dev and test."""
+    rows = {"train": [], "dev": [], "test": []}
+    for w in WRITERS:
+        for i, (text, label) in enumerate(POSTS):
+            split = {0: "dev", 1: "test"}.get(i % 6, "train")
+            rows[split].append({"id": f"{w}-{i:03d}", "text": f"{text} ({w} #{i})", "label": label})
+    return {name: write_jsonl(tmp_path / f"{name}.jsonl", r) for name, r in rows.items()}
+
+
+def _config(files, out, *extra):
+    return load_config(None, [f"data.{n}={p}" for n, p in files.items()]
+                       + ["model.backbone=tfidf", f"output_dir={out}", *extra])
+
+
+def test_soften_is_a_higher_temperature():
+    z = np.random.default_rng(0).normal(size=(50, 4)) * 3
+    assert np.allclose(soften(softmax(z, 1.3), 1.7), softmax(z, 1.3 * 1.7), atol=1e-9)
+
+
+def test_every_post_is_scored_by_a_model_that_never_saw_its_writer_and_a_crash_keeps_finished_folds(
+        writer_files, tmp_path, monkeypatch):
+    trained_on = []
+    real_train = crossfit_train.train
+
+    def recording_train(cfg, progress=None):
+        if len(trained_on) == 1 and not (tmp_path / "crashed").exists():
+            (tmp_path / "crashed").touch()
+            raise KeyboardInterrupt                       # the second fold dies
+        ids = [json.loads(line)["id"] for line in open(cfg.data.train, encoding="utf-8")]
+        trained_on.append({i.split("-")[0] for i in ids})
+        return real_train(cfg, progress)
+
+    monkeypatch.setattr(crossfit_train, "train", recording_train)
+    out = tmp_path / "xf.json"
+    cfg = _config(writer_files, tmp_path / "m")
+    with pytest.raises(KeyboardInterrupt):
+        crossfit_train.run_crossfit(cfg, str(out), folds=2)
+    assert not out.exists() and (tmp_path / "xf.json.partial").exists() and len(trained_on) == 1
+    result = crossfit_train.run_crossfit(cfg, str(out), folds=2)
+    assert len(trained_on) == 2                           # the finished fold was not trained again
+    assert not (tmp_path / "xf.json.partial").exists()
+
+    all_ids = sorted(json.loads(line)["id"] for p in writer_files.values() for line in open(p, encoding="utf-8"))
+    assert sorted(result.ids) == all_ids                  # each labelled post exactly once
+    for fold, seen in zip(result.folds, trained_on):
+        assert not set(fold["held_out"]) & seen and set(fold["held_out"]) | seen == set(WRITERS)
+    held_of = {w: k for k, f in enumerate(result.folds) for w in f["held_out"]}
+    assert all(held_of[i.split("-")[0]] == held_of[g] for i, g in zip(result.ids, result.groups))
+
+    loaded = Crossfit.load(out, LABELS)                   # what training reads back
+    assert loaded.recipe == recipe_digest(cfg) and np.allclose(loaded.probs, result.probs, atol=1e-5)
+    assert loaded.summary()["posts"] == len(all_ids) and loaded.summary()["writers"] == 4
+    assert loaded.stale_for(cfg) is None
+    assert "other model or training settings" in loaded.stale_for(_config(writer_files, tmp_path / "m",
+                                                                           "training.tfidf_C=1.0"))
+    with open(writer_files["dev"], "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"id": "w9-001", "text": "Sink them all.", "label": "support"}) + "\n")
+    assert "the dev file" in loaded.stale_for(cfg)
+
+
+def test_crossfit_command(writer_files, tmp_path):
+    cfg_file = tmp_path / "tfidf.yaml"
+    cfg_file.write_text("data:\n" + "".join(f"  {n}: {p}\n" for n, p in writer_files.items())
+                        + "model:\n  backbone: tfidf\n", encoding="utf-8")
+    res = CliRunner().invoke(app, ["crossfit", "--config", str(cfg_file), "-o", str(tmp_path / "x.json"),
+                                   "--folds", "4"])
+    assert res.exit_code == 0, res.output
+    assert "leave-writers-out macro-F1" in res.output and "4 writers, 96 posts" in res.output
+    res = CliRunner().invoke(app, ["crossfit", "--config", str(cfg_file), "-o", str(tmp_path / "y.json"),
+                                   "--folds", "5"])
+    assert res.exit_code != 0 and "between 2 and the number of writers (4)" in str(res.exception)
+
+
+def _overconfident_crossfit(path, n=400):
+    """Out-of-writer probabilities that claim 0.99 and are right 70% of the time."""
+    rng = np.random.default_rng(1)
+    gold = rng.integers(0, 4, n)
+    pred = np.where(rng.random(n) < 0.7, gold, (gold + 1) % 4)
+    probs = np.full((n, 4), 0.01 / 3)
+    probs[np.arange(n), pred] = 0.99
+    ids = [f"w{i % 5}-{i:04d}" for i in range(n)]
+    Crossfit(LABELS, ids, np.array([i.split("-")[0] for i in ids]), gold, probs,
+             [{"held_out": ["w0"], "posts": n, "macro_f1": 0.7, "dev_temperature": 1.0, "seconds": 1.0}],
+             "recipe", {}).save(path)
+    return gold
+
+
+def test_training_with_a_crossfit_softens_the_temperature_and_keeps_out_of_writer_error_rates(
+        writer_files, tmp_path, caplog):
+    xf_path = tmp_path / "xf.json"
+    gold = _overconfident_crossfit(xf_path)
+    plain = crossfit_train.train(_config(writer_files, tmp_path / "plain"), progress=False)
+    with_xf = crossfit_train.train(_config(writer_files, tmp_path / "xf", f"training.crossfit={xf_path}"),
+                                   progress=False)
+    assert "may not fit this model: it was made with other model or training settings" in caplog.text
+    cal = with_xf.metrics["calibration"]
+    factor = cal["crossfit"]["temperature_factor"]
+    assert factor > 2.5                                   # 0.99 claimed, 70% right: much softer
+    assert cal["dev_temperature"] == plain.metrics["calibration"]["temperature"]
+    assert cal["temperature"] == pytest.approx(cal["dev_temperature"] * factor, abs=1e-3)
+    meta = json.loads((tmp_path / "xf" / "stance.json").read_text())
+    assert meta["temperature"] == cal["temperature"]
+    assert cal["crossfit"]["ece_after_factor"] < 0.05 < cal["crossfit"]["ece_at_dev_temperature"]
+
+    stored = json.loads((tmp_path / "xf" / "labelled_outputs.json").read_text())
+    assert list(stored["splits"]) == ["crossfit"]         # share estimates rest on out-of-writer error rates
+    outputs = LabelledOutputs.from_model(tmp_path / "xf", LABELS)
+    assert np.array_equal(outputs.gold, gold) and outputs.groups is not None and len(set(outputs.groups)) == 5
+    assert np.allclose(outputs.probs.max(1).mean(), 0.7, atol=0.05)   # calibrated, not 0.99
+    assert "Leave-writers-out macro-F1" in (tmp_path / "xf" / "README.md").read_text()
+    assert list(json.loads((tmp_path / "plain" / "labelled_outputs.json").read_text())["splits"]) == ["dev", "test"]
+
+
+def test_a_bad_crossfit_file_is_refused_before_training(writer_files, tmp_path):
+    xf_path = tmp_path / "xf.json"
+    _overconfident_crossfit(xf_path)
+    with pytest.raises(StanceError, match="labels"):
+        Crossfit.load(xf_path, ["support", "oppose", "neutral", "question"])
+    raw = json.loads(xf_path.read_text())
+    raw["probs"] = raw["probs"][:-1]
+    xf_path.write_text(json.dumps(raw))
+    with pytest.raises(StanceError, match="damaged cross-fit file") as exc:
+        crossfit_train.train(_config(writer_files, tmp_path / "m", f"training.crossfit={xf_path}"), progress=False)
+    assert str(xf_path) in str(exc.value) and not (tmp_path / "m").exists()
+    with pytest.raises(StanceError, match="cannot read the cross-fit file"):
+        Crossfit.load(tmp_path / "absent.json", LABELS)
