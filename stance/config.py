@@ -58,6 +58,9 @@ class TrainingConfig:
     # Out-of-writer predictions made by `stance crossfit` (a JSON file): they set how much softer than the
     # dev-fitted temperature new writers need, and the error rates `stance report` corrects shares for.
     crossfit: Optional[str] = None
+    # Share of each training post's target taken from its out-of-writer probabilities in `crossfit` (the rest
+    # is its label; below 0.5 the label always stays the most likely class). 0 trains on labels alone.
+    crossfit_target_weight: float = 0.0
     # TF-IDF baseline only
     tfidf_C: float = 4.0
     tfidf_max_features: int = 200000
@@ -151,6 +154,12 @@ def _validate(cfg: RunConfig, source: str) -> None:
         raise StanceError(f"training.learning_rate {t.learning_rate} is out of range", path=source)
     if t.class_weighting not in ("balanced", "none"):
         raise StanceError("training.class_weighting must be 'balanced' or 'none'", path=source)
+    if not 0 <= t.crossfit_target_weight < 0.5:
+        raise StanceError("training.crossfit_target_weight must be at least 0 and below 0.5, so that every "
+                          "post's own label stays its most likely class", path=source)
+    if t.crossfit_target_weight and not t.crossfit:
+        raise StanceError("training.crossfit_target_weight needs training.crossfit (the out-of-writer "
+                          "probabilities it mixes into the targets)", path=source)
     if t.device not in ("auto", "cpu", "cuda"):
         raise StanceError("training.device must be auto, cpu or cuda", path=source)
     if len(set(cfg.data.labels)) != len(cfg.data.labels) or len(cfg.data.labels) < 2:

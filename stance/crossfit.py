@@ -33,7 +33,7 @@ from .outputs import read_json, write_json
 FORMAT = "stance-crossfit/1"
 # Sections of the config that decide what a fold model is; the data paths, output folder, threads and
 # device do not (the data is checked by its own digest).
-_RECIPE_SKIP = {"training": {"crossfit", "threads", "device"}, "model": {"fast_path"}}
+_RECIPE_SKIP = {"training": {"crossfit", "crossfit_target_weight", "threads", "device"}, "model": {"fast_path"}}
 
 
 def recipe_digest(cfg: RunConfig) -> str:
@@ -82,6 +82,20 @@ class Crossfit:
 
     def calibrated(self) -> np.ndarray:
         return soften(self.probs, self.temperature_factor)
+
+    def targets(self, ids: Sequence, gold: np.ndarray, weight: float) -> np.ndarray:
+        """Training targets: (1 - weight) x the label + weight x the calibrated out-of-writer probabilities,
+        for posts by id; posts the result does not hold keep their label alone."""
+        target = np.eye(len(self.labels))[gold]
+        if not weight:
+            return target
+        row = {i: n for n, i in enumerate(self.ids)}
+        probs = self.calibrated()
+        found = np.array([str(i) in row for i in ids])
+        if found.any():
+            held = probs[[row[str(i)] for i, f in zip(ids, found) if f]]
+            target[found] = (1 - weight) * target[found] + weight * held
+        return target
 
     def summary(self) -> Dict:
         pred = [self.labels[i] for i in self.probs.argmax(1)]

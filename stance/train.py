@@ -103,6 +103,9 @@ def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
                          normalizer=normalizer.to_dict())
         history: List[Dict] = []
         if backbone_dir is None:
+            if cfg.training.crossfit_target_weight:
+                raise StanceError("training.crossfit_target_weight is for fine-tuned models; the TF-IDF "
+                                  "baseline trains on labels only")
             from .tfidf import TfidfModel
             log.info("fitting TF-IDF + logistic regression on %d posts", len(texts["train"]))
             TfidfModel.fit(texts["train"], ids["train"], len(labels), C=cfg.training.tfidf_C,
@@ -111,7 +114,8 @@ def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
                            seed=cfg.training.seed).save(tmp)
             engine = TfidfEngine(tmp, meta)
         else:
-            history = _fine_tune(cfg, backbone_dir, labels, texts, ids, tmp, progress)
+            targets = _targets(cfg, crossfit, splits["train"], ids["train"])
+            history = _fine_tune(cfg, backbone_dir, labels, texts, ids, targets, tmp, progress)
             engine = TransformerEngine(tmp, meta, device=cfg.training.device)
         logits = {name: engine.logits(texts[name])[0] for name in ("dev", "test", "external") if name in splits}
         calibration = _calibrate(logits.get("dev"), ids.get("dev"), crossfit, cfg)
@@ -189,9 +193,39 @@ def _length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random
     return batches
 
 
-def _fine_tune(cfg: RunConfig, backbone_dir: Path, labels, texts, ids, tmp: Path, progress) -> List[Dict]:
-    """Fine-tune with class-weighted cross-entropy, length-grouped batches, linear warm-up and early stopping
-    on dev macro-F1 (the best epoch's weights are kept); returns one row per epoch.
+def _targets(cfg: RunConfig, crossfit: Optional[Crossfit], train: LabelledData,
+             gold: np.ndarray) -> Optional[np.ndarray]:
+    """One target distribution per training post (None: its label alone): the label mixed with the post's
+    out-of-writer probabilities when `training.crossfit_target_weight` asks, so that posts a model that never
+    saw their writer found ambiguous are not taught with full certainty."""
+    weight = cfg.training.crossfit_target_weight
+    if not weight:
+        return None
+    ids = train.columns.get("id")
+    if ids is None:
+        raise StanceError("training.crossfit_target_weight needs an id column in the training file, to find "
+                          "each post's out-of-writer probabilities", path=train.path, column="id")
+    held = set(crossfit.ids)
+    missing = sum(str(i) not in held for i in ids)
+    if missing:
+        log.warning("%d of %d training posts are not in %s; they are trained on their labels alone",
+                    missing, len(ids), cfg.training.crossfit)
+    return crossfit.targets(ids, gold, weight)
+
+
+def soft_cross_entropy(logits, targets, weights):
+    """Cross-entropy against target distributions, each post weighted (by its label's class weight) and
+    normalised as torch's class-weighted `CrossEntropyLoss` is, which it equals for one-hot targets."""
+    import torch
+    per_post = -(targets * torch.log_softmax(logits, dim=-1)).sum(-1)
+    return (weights * per_post).sum() / weights.sum()
+
+
+def _fine_tune(cfg: RunConfig, backbone_dir: Path, labels, texts, ids, targets: Optional[np.ndarray], tmp: Path,
+               progress) -> List[Dict]:
+    """Fine-tune with class-weighted cross-entropy (against `targets`, one distribution per training post,
+    when given), length-grouped batches, linear warm-up and early stopping on dev macro-F1 (the best epoch's
+    weights are kept); returns one row per epoch.
 
     Not `transformers.Trainer`: it requires `accelerate`, one more dependency, and its `group_by_length`,
     `EarlyStoppingCallback` and a class-weighted `compute_loss` subclass would restate this loop rather than
@@ -230,7 +264,14 @@ def _fine_tune(cfg: RunConfig, backbone_dir: Path, labels, texts, ids, tmp: Path
 
     counts = np.bincount(ids["train"], minlength=len(labels))
     weights = (len(ids["train"]) / (len(labels) * counts)) if t.class_weighting == "balanced" else np.ones(len(labels))
-    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=device))
+    class_weight = torch.tensor(weights, dtype=torch.float32, device=device)
+    hard_loss = torch.nn.CrossEntropyLoss(weight=class_weight)
+    soft_targets = None if targets is None else torch.tensor(targets, dtype=torch.float32)
+
+    def loss_fn(logits, gold, idx):
+        if soft_targets is None:
+            return hard_loss(logits, gold)
+        return soft_cross_entropy(logits, soft_targets[idx].to(device), class_weight[gold])
     decay = [p for n, p in model.named_parameters() if p.requires_grad and not any(k in n for k in ("bias", "LayerNorm", "norm"))]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and any(k in n for k in ("bias", "LayerNorm", "norm"))]
     optim = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
@@ -253,7 +294,7 @@ def _fine_tune(cfg: RunConfig, backbone_dir: Path, labels, texts, ids, tmp: Path
             batch = collate([train_ds[int(i)] for i in idx])
             batch = {k: v.to(device) for k, v in batch.items()}
             gold = batch.pop("labels")
-            loss = loss_fn(model(**batch).logits, gold)
+            loss = loss_fn(model(**batch).logits, gold, torch.as_tensor(idx))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optim.step()

@@ -149,3 +149,61 @@ def test_a_bad_crossfit_file_is_refused_before_training(writer_files, tmp_path):
     assert str(xf_path) in str(exc.value) and not (tmp_path / "m").exists()
     with pytest.raises(StanceError, match="cannot read the cross-fit file"):
         Crossfit.load(tmp_path / "absent.json", LABELS)
+
+
+def test_targets_mix_labels_with_out_of_writer_probabilities():
+    probs = np.array([[0.1, 0.6, 0.2, 0.1], [0.25, 0.25, 0.25, 0.25]])
+    xf = Crossfit(LABELS, ["a-1", "a-2"], np.array(["a", "a"]), np.array([0, 1]), probs, [], "", {})
+    target = xf.targets(["a-2", "b-9", "a-1"], np.array([1, 2, 0]), 0.4)
+    cal = xf.calibrated()
+    assert np.allclose(target[0], 0.6 * np.eye(4)[1] + 0.4 * cal[1])
+    assert np.array_equal(target[1], np.eye(4)[2])        # not in the result: its label alone
+    assert np.allclose(target[2], 0.6 * np.eye(4)[0] + 0.4 * cal[0])
+    assert np.allclose(target.sum(1), 1) and list(target.argmax(1)) == [1, 2, 0]   # the label stays first
+    assert np.array_equal(xf.targets(["a-1"], np.array([3]), 0.0), np.eye(4)[[3]])
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["training.crossfit_target_weight=0.3"], "needs training.crossfit"),
+    (["training.crossfit=x.json", "training.crossfit_target_weight=0.5"], "below 0.5"),
+])
+def test_target_weight_is_checked(sets, message):
+    with pytest.raises(StanceError, match=message):
+        load_config(None, sets)
+
+
+def test_soft_cross_entropy_is_weighted_cross_entropy_and_pulls_toward_its_targets():
+    import torch
+    from stance.train import soft_cross_entropy
+    g = torch.Generator().manual_seed(0)
+    logits, gold = torch.randn(32, 4, generator=g), torch.randint(0, 4, (32,), generator=g)
+    weight = torch.tensor([0.5, 1.0, 2.0, 4.0])
+    hard = torch.nn.CrossEntropyLoss(weight=weight)(logits, gold)
+    onehot = torch.nn.functional.one_hot(gold, 4).float()
+    assert torch.allclose(soft_cross_entropy(logits, onehot, weight[gold]), hard, atol=1e-6)
+    # Minimised over free logits, the model's probabilities become the targets.
+    targets = torch.tensor([[0.6, 0.2, 0.1, 0.1], [0.1, 0.55, 0.3, 0.05]])
+    z = torch.zeros(2, 4, requires_grad=True)
+    opt = torch.optim.Adam([z], lr=0.1)
+    for _ in range(500):
+        opt.zero_grad()
+        soft_cross_entropy(z, targets, torch.tensor([1.0, 3.0])).backward()
+        opt.step()
+    assert torch.allclose(torch.softmax(z, -1), targets, atol=1e-3)
+
+
+def test_training_with_a_target_weight_records_it(tiny_backbone, labelled_files, tmp_path):
+    from conftest import train_model
+    rows = [json.loads(line) for line in open(labelled_files["train"], encoding="utf-8")]
+    xf_path = tmp_path / "xf.json"
+    Crossfit(LABELS, [r["id"] for r in rows], np.array([f"w{i % 3}" for i in range(len(rows))]),
+             np.array([LABELS.index(r["label"]) for r in rows]), np.full((len(rows), 4), 0.25), [], "", {}
+             ).save(xf_path)
+    result = train_model(tiny_backbone, labelled_files, tmp_path / "soft", **{
+        "training.crossfit": xf_path, "training.crossfit_target_weight": 0.3})
+    assert load_config(str(tmp_path / "soft" / "config.yaml")).training.crossfit_target_weight == 0.3
+    assert result.metrics["calibration"]["crossfit"]["posts"] == len(rows)
+    with pytest.raises(StanceError, match="TF-IDF"):
+        crossfit_train.train(load_config(None, [f"data.{n}={p}" for n, p in labelled_files.items()] + [
+            "model.backbone=tfidf", f"output_dir={tmp_path / 't'}", f"training.crossfit={xf_path}",
+            "training.crossfit_target_weight=0.3"]), progress=False)
