@@ -5,8 +5,8 @@ Prior-shift simulation: from a pool of labelled posts the model has scored, draw
 shares), --resamples times; estimate the shares with each estimator and compare with the truth. Two pools:
 - `test`: the test split, with the model's error rates measured on dev only (same writers as training);
 - `external`: data/external (writers never seen in training), with the error rates `stance report` uses for a
-  real export: the model folder's `labelled_outputs.json` (its dev + test predictions, or, for a model trained
-  with `training.crossfit`, the out-of-writer predictions of `stance crossfit`).
+  real export: the model folder's `labelled_outputs.json` (its dev + test predictions), or with --crossfit
+  FILE the out-of-writer predictions of `stance crossfit`.
 `ppi` gets --gold posts drawn at random from each simulated export; its interval is compared with the interval
 from those gold posts alone (no model). Prints a table and writes docs/prevalence.png.
 
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from stance import StanceClassifier
+from stance.crossfit import Crossfit
 from stance.data import load_labelled
 from stance.hardware import detect
 from stance.prevalence import GroupStats, LabelledOutputs, estimate
@@ -78,6 +79,7 @@ def main():
                     help="bootstrap the error rates over posts instead of whole writers")
     ap.add_argument("--crossfit-external", action="store_true",
                     help="also: the stored error rates plus half of the external writers, shares of the other half")
+    ap.add_argument("--crossfit", help="error rates of the external pool from this `stance crossfit` file")
     args = ap.parse_args()
     t0 = time.time()
     clf = StanceClassifier.load(args.model)
@@ -85,6 +87,10 @@ def main():
     dev, test, ext = (scored(clf, ROOT / p) for p in ("data/dev.jsonl", "data/test.jsonl",
                                                        "data/external/external.jsonl"))
     stored = LabelledOutputs.from_model(args.model, clf.labels)       # what `stance report` adjusts with
+    if args.crossfit:
+        xf = Crossfit.load(args.crossfit, clf.labels)
+        stored = LabelledOutputs(xf.gold, xf.calibrated(), f"out-of-writer predictions ({args.crossfit})",
+                                 groups=xf.groups)
     if args.post_bootstrap:             # resample posts, not writers, for the error rates (as before writers)
         dev, stored.groups = (dev[0], dev[1], None), None
     cal_external = [stored.gold, stored.probs, stored.groups]

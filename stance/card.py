@@ -54,8 +54,7 @@ def write_model_card(folder: Path, cfg, metrics: Dict) -> None:
                       f"{', '.join(f'{f:.3f}' for f in xf['macro_f1_by_fold'])}). "
                       f"Default `--min-confidence` {cal['min_confidence']}: the lowest threshold at which the "
                       "out-of-writer accuracy of the kept posts reaches 0.90 (keeps "
-                      f"{pct(cal['crossfit_coverage_at_min_confidence'])}% of them). `stance report` corrects "
-                      "shares for the out-of-writer error rates.", ""]
+                      f"{pct(cal['crossfit_coverage_at_min_confidence'])}% of them).", ""]
         else:
             lines += ["## Calibration", "",
                       f"Probabilities are temperature-scaled (T = {cal['temperature']}, fitted on dev). "

@@ -5,11 +5,14 @@ and error rates measured on it are a familiar writer's. Here the labelled posts 
 whole writers; each group is scored by a model trained, with the same config, on the other writers'
 posts. That gives every labelled post an out-of-writer prediction (scikit-learn's
 `CalibratedClassifierCV(ensemble=False)` and QuaPy's `ACC(val_split=k)` do the same with random folds;
-grouping by writer is what makes it about new writers). `stance train` takes two things from the result:
+grouping by writer is what makes it about new writers). `stance train` takes from the result:
 
 - a temperature factor: how much softer than the dev-fitted temperature probabilities must be to be
-  calibrated on writers the model never saw (the final model's temperature is its dev temperature times it);
-- the out-of-writer predictions, as the error rates `stance report`'s acc / pacc / emq correct for.
+  calibrated on writers the model never saw (the final model's temperature is its dev temperature times it),
+  and the default confidence threshold, chosen on the out-of-writer predictions;
+- optionally (`training.crossfit_target_weight`), soft training targets: label and out-of-writer
+  probabilities mixed.
+(As error rates for `stance report`'s acc they did worse than dev + test: docs/prevalence.md.)
 
 The result is a small JSON file (ids, gold labels, probabilities), kept beside the config that made it.
 This module is that file; `crossfit_train` makes it.

@@ -80,10 +80,8 @@ class LabelledOutputs:
         probs = np.concatenate([np.asarray(s["probs"], dtype=float) for s in splits])
         ids = [i for s in splits for i in s.get("ids", [])]
         groups = cls.writer_groups(ids) if len(ids) == len(gold) else None
-        what = ("out-of-writer predictions (`stance crossfit`) on" if list(raw["splits"]) == ["crossfit"] else
-                f"the model's predictions on its {' + '.join(raw['splits'])}")
-        return cls(gold, probs, f"{what} {len(gold):,} labelled posts"
-                   + (f" by {len(set(groups))} writers" if groups is not None else ""), groups=groups)
+        return cls(gold, probs, f"the model's {' + '.join(raw['splits'])} posts ({len(gold):,}"
+                   + (f" by {len(set(groups))} writers)" if groups is not None else ")"), groups=groups)
 
 
 def write_labelled_outputs(folder: Path, labels: Sequence[str], splits: Dict[str, tuple]) -> None:

@@ -127,11 +127,11 @@ def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
                                                                   splits["train"].texts)
         metrics.update(_evaluate(splits, logits, meta))
         # The model's error rates on labelled posts, for the share estimators of `stance report` (acc, pacc, emq).
-        # Out-of-writer predictions where there are some: a new export's writers are new writers.
-        write_labelled_outputs(tmp, labels, {"crossfit": (crossfit.gold, crossfit.calibrated(), crossfit.ids)}
-                               if crossfit else
-                               {name: (ids[name], softmax(logits[name], meta.scoring_temperature),
-                                       splits[name].columns.get("id")) for name in ("dev", "test") if name in logits})
+        # Dev and test, not the out-of-writer predictions of `training.crossfit`: measured as acc's error rates
+        # on the external set, those made shares worse (docs/prevalence.md).
+        write_labelled_outputs(tmp, labels, {name: (ids[name], softmax(logits[name], meta.scoring_temperature),
+                                                    splits[name].columns.get("id"))
+                                             for name in ("dev", "test") if name in logits})
         if meta.engine == "transformer" and cfg.model.fast_path:
             checks = {"fast_path": lambda: _build_fast_path(tmp, meta, texts, splits, logits),
                       "bf16": lambda: _check_bf16(tmp, meta, texts, splits, logits)}
