@@ -262,8 +262,8 @@ def crossfit(
                                                "source (default: the writer in ids like b3-0012)."),
     set_: List[str] = typer.Option([], "--set", help="Override a config key, e.g. --set training.epochs=3."),
 ):
-    """Score every labelled post with a model that never saw its writer: the leave-writers-out macro-F1, the
-    temperature new writers need, and the error rates `stance report` corrects shares for.
+    """Score every labelled post with a model that never saw its writer: the leave-writers-out macro-F1 and
+    the temperature and confidence threshold for new writers (for training.crossfit).
 
     Trains --folds models of the config (each about as long as one training); finished folds are kept, and
     rerunning the command continues."""

@@ -56,7 +56,7 @@ class TrainingConfig:
     threads: Optional[int] = None       # torch CPU threads; None = all cores
     device: str = "auto"                # auto | cpu | cuda
     # Out-of-writer predictions made by `stance crossfit` (a JSON file): they set how much softer than the
-    # dev-fitted temperature new writers need, and the error rates `stance report` corrects shares for.
+    # dev-fitted temperature new writers need, and the default confidence threshold.
     crossfit: Optional[str] = None
     # Share of each training post's target taken from its out-of-writer probabilities in `crossfit` (the rest
     # is its label; below 0.5 the label always stays the most likely class). 0 trains on labels alone.

@@ -46,13 +46,11 @@ def _groups_of(data: LabelledData, group_column: Optional[str]) -> np.ndarray:
     return groups
 
 
-def _write_fold_file(path: Path, parts: List[LabelledData], keep: List[np.ndarray]) -> None:
+def _write_fold_file(path: Path, data: LabelledData, keep: np.ndarray) -> None:
     with open(path, "w", encoding="utf-8") as fh:
-        for data, mask in zip(parts, keep):
-            for i in np.flatnonzero(mask):
-                row = {"text": data.texts[i], "label": data.labels[i],
-                       **{c: v[i] for c, v in data.columns.items()}}
-                fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        for i in np.flatnonzero(keep):
+            row = {"text": data.texts[i], "label": data.labels[i], **{c: v[i] for c, v in data.columns.items()}}
+            fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
 
 
 def run_crossfit(cfg: RunConfig, output: str, folds: int = 3, group_column: Optional[str] = None) -> Crossfit:
@@ -73,6 +71,7 @@ def run_crossfit(cfg: RunConfig, output: str, folds: int = 3, group_column: Opti
     info = {"data_sha256": {n: file_sha256(getattr(d, n)) for n in splits}, "group_column": group_column or "id prefix"}
     recipe = recipe_digest(cfg)
     partial = Path(f"{output}.partial")
+    partial.parent.mkdir(parents=True, exist_ok=True)     # before hours of training, not after
     state = read_json(partial) or {}
     if state.get("recipe") != recipe or state.get("info") != info or state.get("held_out") != held_out:
         state = {"recipe": recipe, "info": info, "held_out": held_out, "done": {}}
@@ -100,24 +99,24 @@ def run_crossfit(cfg: RunConfig, output: str, folds: int = 3, group_column: Opti
 def _run_fold(cfg: RunConfig, splits: Dict[str, LabelledData], groups: Dict[str, np.ndarray], held: List[str],
               k: int, folds: int) -> Dict:
     t0 = time.time()
-    held_set = set(held)
     log.info("fold %d/%d: training without writers %s", k + 1, folds, ", ".join(held))
     with tempfile.TemporaryDirectory(prefix="stance-crossfit-") as tmp:
         paths = {}
         for name in ("train", "dev"):
             if name in splits:
                 paths[name] = Path(tmp) / f"{name}.jsonl"
-                _write_fold_file(paths[name], [splits[name]], [~np.isin(groups[name], list(held_set))])
+                _write_fold_file(paths[name], splits[name], ~np.isin(groups[name], held))
         dev = str(paths["dev"]) if "dev" in paths else None
         fold_cfg = replace(cfg, data=replace(cfg.data, train=str(paths["train"]), dev=dev, test=None, external=None,
                                              text_column="text", label_column="label"),
                            model=replace(cfg.model, fast_path=False),
-                           training=replace(cfg.training, crossfit=None, crossfit_target_weight=0.0), output_dir=str(Path(tmp) / "model"))
+                           training=replace(cfg.training, crossfit=None, crossfit_target_weight=0.0),
+                           output_dir=str(Path(tmp) / "model"))
         train(fold_cfg, progress=False)
         clf = StanceClassifier.load(fold_cfg.output_dir, runtime="torch")
         texts, ids, gold, grp = [], [], [], []
         for name, data in splits.items():
-            for i in np.flatnonzero(np.isin(groups[name], list(held_set))):
+            for i in np.flatnonzero(np.isin(groups[name], held)):
                 texts.append(data.texts[i])
                 ids.append(str(data.columns["id"][i]) if "id" in data.columns else f"{name}:{data.lines[i]}")
                 gold.append(cfg.data.labels.index(data.labels[i]))
@@ -131,5 +130,3 @@ def _run_fold(cfg: RunConfig, splits: Dict[str, LabelledData], groups: Dict[str,
     log.info("fold %d/%d: %d held-out posts, macro-F1 %.3f (%.0f s)", k + 1, folds, len(texts), m["macro_f1"],
              fold["seconds"])
     return {"fold": fold, "ids": ids, "groups": grp, "gold": gold, "probs": np.round(probs, 6).tolist()}
-
-

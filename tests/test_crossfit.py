@@ -87,7 +87,7 @@ def test_crossfit_command(writer_files, tmp_path):
     cfg_file = tmp_path / "tfidf.yaml"
     cfg_file.write_text("data:\n" + "".join(f"  {n}: {p}\n" for n, p in writer_files.items())
                         + "model:\n  backbone: tfidf\n", encoding="utf-8")
-    res = CliRunner().invoke(app, ["crossfit", "--config", str(cfg_file), "-o", str(tmp_path / "x.json"),
+    res = CliRunner().invoke(app, ["crossfit", "--config", str(cfg_file), "-o", str(tmp_path / "new" / "x.json"),
                                    "--folds", "4"])
     assert res.exit_code == 0, res.output
     assert "leave-writers-out macro-F1" in res.output and "4 writers, 96 posts" in res.output
