@@ -262,11 +262,10 @@ def crossfit(
                                                "source (default: the writer in ids like b3-0012)."),
     set_: List[str] = typer.Option([], "--set", help="Override a config key, e.g. --set training.epochs=3."),
 ):
-    """Score every labelled post with a model that never saw its writer: the leave-writers-out macro-F1 and
-    the temperature and confidence threshold for new writers (for training.crossfit).
+    """Score every labelled post with a model that never saw its writer: leave-writers-out macro-F1, and the
+    temperature and confidence threshold for new writers (for training.crossfit).
 
-    Trains --folds models of the config (each about as long as one training); finished folds are kept, and
-    rerunning the command continues."""
+    Trains --folds models of the config, each as long as one training; finished folds are kept, a rerun continues."""
     _setup_logging()
     from .config import load_config
     from .crossfit_train import run_crossfit
