@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -28,11 +29,13 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .config import RunConfig
+from .data import LabelledData
 from .errors import StanceError
 from .folder import file_sha256
-from .metrics import compute_metrics, expected_calibration_error, fit_temperature
+from .metrics import compute_metrics, coverage_curve, expected_calibration_error, fit_temperature
 from .outputs import read_json, write_json
 
+log = logging.getLogger(__name__)
 FORMAT = "stance-crossfit/1"
 # Sections of the config that decide what a fold model is; the data paths, output folder, threads and
 # device do not (the data is checked by its own digest).
@@ -99,6 +102,33 @@ class Crossfit:
             held = probs[[row[str(i)] for i, f in zip(ids, found) if f]]
             target[found] = (1 - weight) * target[found] + weight * held
         return target
+
+    def training_targets(self, train: LabelledData, gold: np.ndarray, weight: float) -> np.ndarray:
+        """`targets` for a training file, found by its ids (posts missing from this result: labels alone)."""
+        ids = train.columns.get("id")
+        if ids is None:
+            raise StanceError("training.crossfit_target_weight needs an id column in the training file, to find "
+                              "each post's out-of-writer probabilities", path=train.path, column="id")
+        missing = len(set(map(str, ids)) - set(self.ids))
+        if missing:
+            log.warning("%d of %d training posts have no out-of-writer probabilities; they are trained on "
+                        "their labels alone", missing, len(ids))
+        return self.targets(ids, gold, weight)
+
+    def calibration(self, dev_temperature: float, cfg: RunConfig) -> Dict:
+        """What training records: the temperature for new writers (dev-fitted x the factor) and the default
+        confidence threshold, chosen on the out-of-writer predictions rather than dev."""
+        stale = self.stale_for(cfg)
+        if stale:
+            log.warning("%s may not fit this model: %s; rerun `stance crossfit` with this config for a "
+                        "temperature that does", cfg.training.crossfit, stale)
+        curve = coverage_curve(self.calibrated(), self.gold)
+        return {"temperature": round(dev_temperature * self.temperature_factor, 4),
+                "dev_temperature": dev_temperature,
+                "min_confidence": curve["threshold"] or 0.0,
+                "crossfit_coverage_at_min_confidence": curve["coverage_at_threshold"],
+                "fitted_on": "dev x out-of-writer factor",
+                "crossfit": {"file": cfg.training.crossfit, **self.summary()}}
 
     def summary(self) -> Dict:
         pred = [self.labels[i] for i in self.probs.argmax(1)]

@@ -114,7 +114,8 @@ def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
                            seed=cfg.training.seed).save(tmp)
             engine = TfidfEngine(tmp, meta)
         else:
-            targets = _targets(cfg, crossfit, splits["train"], ids["train"])
+            targets = (crossfit.training_targets(splits["train"], ids["train"], cfg.training.crossfit_target_weight)
+                       if cfg.training.crossfit_target_weight else None)
             history = _fine_tune(cfg, backbone_dir, labels, texts, ids, targets, tmp, progress)
             engine = TransformerEngine(tmp, meta, device=cfg.training.device)
         logits = {name: engine.logits(texts[name])[0] for name in ("dev", "test", "external") if name in splits}
@@ -191,26 +192,6 @@ def _length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random
         batches.extend(block[i:i + batch_size] for i in range(0, len(block), batch_size))
     rng.shuffle(batches)
     return batches
-
-
-def _targets(cfg: RunConfig, crossfit: Optional[Crossfit], train: LabelledData,
-             gold: np.ndarray) -> Optional[np.ndarray]:
-    """One target distribution per training post (None: its label alone): the label mixed with the post's
-    out-of-writer probabilities when `training.crossfit_target_weight` asks, so that posts a model that never
-    saw their writer found ambiguous are not taught with full certainty."""
-    weight = cfg.training.crossfit_target_weight
-    if not weight:
-        return None
-    ids = train.columns.get("id")
-    if ids is None:
-        raise StanceError("training.crossfit_target_weight needs an id column in the training file, to find "
-                          "each post's out-of-writer probabilities", path=train.path, column="id")
-    held = set(crossfit.ids)
-    missing = sum(str(i) not in held for i in ids)
-    if missing:
-        log.warning("%d of %d training posts are not in %s; they are trained on their labels alone",
-                    missing, len(ids), cfg.training.crossfit)
-    return crossfit.targets(ids, gold, weight)
 
 
 def soft_cross_entropy(logits, targets, weights):
@@ -395,16 +376,7 @@ def _calibrate(dev_logits: Optional[np.ndarray], dev_ids: Optional[np.ndarray], 
         curve = coverage_curve(softmax(dev_logits, temperature), dev_ids)
         return {"temperature": temperature, "min_confidence": curve["threshold"] or 0.0,
                 "dev_coverage_at_min_confidence": curve["coverage_at_threshold"], "fitted_on": "dev"}
-    stale = crossfit.stale_for(cfg)
-    if stale:
-        log.warning("%s may not fit this model: %s; rerun `stance crossfit` with this config for a temperature "
-                    "and error rates that do", cfg.training.crossfit, stale)
-    curve = coverage_curve(crossfit.calibrated(), crossfit.gold)
-    return {"temperature": round(temperature * crossfit.temperature_factor, 4), "dev_temperature": temperature,
-            "min_confidence": curve["threshold"] or 0.0,
-            "crossfit_coverage_at_min_confidence": curve["coverage_at_threshold"],
-            "fitted_on": "dev x out-of-writer factor", "crossfit": {"file": cfg.training.crossfit,
-                                                                    **crossfit.summary()}}
+    return crossfit.calibration(temperature, cfg)
 
 
 def _evaluate(splits: Dict[str, LabelledData], logits: Dict[str, np.ndarray], meta: ModelMeta) -> Dict:
