@@ -208,3 +208,23 @@ def test_training_with_a_target_weight_records_it(tiny_backbone, labelled_files,
         crossfit_train.train(load_config(None, [f"data.{n}={p}" for n, p in labelled_files.items()] + [
             "model.backbone=tfidf", f"output_dir={tmp_path / 't'}", f"training.crossfit={xf_path}",
             "training.crossfit_target_weight=0.3"]), progress=False)
+
+
+def test_groups_from_a_column_and_ids_that_name_no_writer(tmp_path):
+    """Posts whose ids say nothing of their writer are grouped by --group-column; without one, a clear error."""
+    rows = {"train": [], "dev": []}
+    for w, source in enumerate(["r/politics", "r/mexico", "r/news"]):
+        for i, (text, label) in enumerate(POSTS):
+            rows["dev" if i % 6 == 0 else "train"].append(
+                {"id": f"{w}{i:03d}", "text": f"{text} ({source})", "label": label, "source": source})
+    files = {n: write_jsonl(tmp_path / f"{n}.jsonl", r) for n, r in rows.items()}
+    cfg = load_config(None, [f"data.{n}={p}" for n, p in files.items()]
+                      + ["data.test=null", "model.backbone=tfidf", f"output_dir={tmp_path / 'm'}"])
+    with pytest.raises(StanceError, match="cannot tell the posts' writers apart") as exc:
+        crossfit_train.run_crossfit(cfg, str(tmp_path / "x.json"), folds=3)
+    assert "--group-column" in str(exc.value)
+    result = crossfit_train.run_crossfit(cfg, str(tmp_path / "x.json"), folds=3, group_column="source")
+    assert sorted(f["held_out"][0] for f in result.folds) == ["r/mexico", "r/news", "r/politics"]
+    assert len(result.ids) == 3 * len(POSTS)
+    assert all(g == next(r["source"] for r in rows["train"] + rows["dev"] if r["id"] == i)
+               for i, g in zip(result.ids, result.groups))
