@@ -89,7 +89,7 @@ def main():
     stored = LabelledOutputs.from_model(args.model, clf.labels)       # what `stance report` adjusts with
     if args.crossfit:
         xf = Crossfit.load(args.crossfit, clf.labels)
-        stored = LabelledOutputs(xf.gold, xf.calibrated(), f"out-of-writer predictions ({args.crossfit})",
+        stored = LabelledOutputs(xf.gold, xf.calibrated, f"out-of-writer predictions ({args.crossfit})",
                                  groups=xf.groups)
     if args.post_bootstrap:             # resample posts, not writers, for the error rates (as before writers)
         dev, stored.groups = (dev[0], dev[1], None), None

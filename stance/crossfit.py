@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -32,7 +33,7 @@ from .config import RunConfig
 from .data import LabelledData
 from .errors import StanceError
 from .folder import file_sha256
-from .metrics import compute_metrics, coverage_curve, expected_calibration_error, fit_temperature
+from .metrics import compute_metrics, coverage_curve, expected_calibration_error, fit_temperature, softmax
 from .outputs import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,13 @@ def recipe_digest(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _log(probs: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(probs, 1e-12, 1.0))
+
+
 def soften(probs: np.ndarray, factor: float) -> np.ndarray:
     """Probabilities at `factor` times their temperature: softmax(log p / factor)."""
-    logp = np.log(np.clip(probs, 1e-12, 1.0)) / factor
-    logp -= logp.max(axis=1, keepdims=True)
-    e = np.exp(logp)
-    return e / e.sum(axis=1, keepdims=True)
+    return softmax(_log(probs), factor)
 
 
 @dataclass
@@ -71,10 +73,11 @@ class Crossfit:
     recipe: str                 # recipe_digest of the config that made it
     info: Dict                  # data digests, CPU, version, date
 
-    @property
+    # Fitted once: training asks for the factor, the calibrated probabilities and the summary (which holds both).
+    @cached_property
     def temperature_factor(self) -> float:
         """How much softer than dev-fitted the temperature must be for writers the model never saw."""
-        return round(fit_temperature(np.log(np.clip(self.probs, 1e-12, 1.0)), self.gold), 4)
+        return round(fit_temperature(_log(self.probs), self.gold), 4)
 
     def stale_for(self, cfg: RunConfig) -> Optional[str]:
         """Why this result may not fit a model trained with `cfg`, or None."""
@@ -86,6 +89,7 @@ class Crossfit:
                 return f"the {name} file ({path}) changed since it was made"
         return None
 
+    @cached_property
     def calibrated(self) -> np.ndarray:
         return soften(self.probs, self.temperature_factor)
 
@@ -96,7 +100,7 @@ class Crossfit:
         if not weight:
             return target
         row = {i: n for n, i in enumerate(self.ids)}
-        probs = self.calibrated()
+        probs = self.calibrated
         found = np.array([str(i) in row for i in ids])
         if found.any():
             held = probs[[row[str(i)] for i, f in zip(ids, found) if f]]
@@ -122,7 +126,7 @@ class Crossfit:
         if stale:
             log.warning("%s may not fit this model: %s; rerun `stance crossfit` with this config for a "
                         "temperature that does", cfg.training.crossfit, stale)
-        curve = coverage_curve(self.calibrated(), self.gold)
+        curve = coverage_curve(self.calibrated, self.gold)
         return {"temperature": round(dev_temperature * self.temperature_factor, 4),
                 "dev_temperature": dev_temperature,
                 "min_confidence": curve["threshold"] or 0.0,
@@ -138,7 +142,7 @@ class Crossfit:
                 "macro_f1_by_fold": [f["macro_f1"] for f in self.folds],
                 "ece_at_dev_temperature": round(expected_calibration_error(self.probs, self.gold), 4),
                 "temperature_factor": self.temperature_factor,
-                "ece_after_factor": round(expected_calibration_error(self.calibrated(), self.gold), 4)}
+                "ece_after_factor": round(expected_calibration_error(self.calibrated, self.gold), 4)}
 
     def to_dict(self) -> Dict:
         return {"format": FORMAT, "labels": self.labels, "recipe": self.recipe, "info": self.info,

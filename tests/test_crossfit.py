@@ -156,7 +156,7 @@ def test_targets_mix_labels_with_out_of_writer_probabilities():
     probs = np.array([[0.1, 0.6, 0.2, 0.1], [0.25, 0.25, 0.25, 0.25]])
     xf = Crossfit(LABELS, ["a-1", "a-2"], np.array(["a", "a"]), np.array([0, 1]), probs, [], "", {})
     target = xf.targets(["a-2", "b-9", "a-1"], np.array([1, 2, 0]), 0.4)
-    cal = xf.calibrated()
+    cal = xf.calibrated
     assert np.allclose(target[0], 0.6 * np.eye(4)[1] + 0.4 * cal[1])
     assert np.array_equal(target[1], np.eye(4)[2])        # not in the result: its label alone
     assert np.allclose(target[2], 0.6 * np.eye(4)[0] + 0.4 * cal[0])
