@@ -9,6 +9,11 @@ LABELS: tuple[str, ...] = ("support", "oppose", "question", "neutral")
 SIDED_LABELS: tuple[str, ...] = ("support", "oppose")
 
 
+def score_columns(labels: Sequence[str]) -> list[str]:
+    """The columns scoring adds to every row, in order (local files and Ray parts alike)."""
+    return ["stance", "confidence", *[f"p_{l}" for l in labels], "stance_note"]
+
+
 def map_label(raw: object, labels: Sequence[str], label_map: Optional[Mapping[str, str]] = None) -> Optional[str]:
     """Map a raw gold label to one of ``labels``, or None when it is not one.
 

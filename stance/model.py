@@ -17,6 +17,7 @@ import numpy as np
 from .engines import TfidfEngine, TransformerEngine
 from .errors import StanceError
 from .folder import ModelMeta
+from .labels import score_columns
 from .hardware import Hardware, detect
 from .metrics import softmax
 from .runtime import ONNX_INT8, RUNTIMES, TFIDF, TORCH_BF16, Choice, FolderFacts, choose_runtime
@@ -82,7 +83,7 @@ class StanceClassifier:
 
     @property
     def output_columns(self) -> List[str]:
-        return ["stance", "confidence", *[f"p_{l}" for l in self.labels], "stance_note"]
+        return score_columns(self.labels)
 
     def logits(self, texts: Sequence[str], batch_size: int = 64) -> Tuple[np.ndarray, np.ndarray]:
         """Raw logits of the normalised texts and, per text, whether it was cut to max_length."""

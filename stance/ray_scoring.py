@@ -25,10 +25,10 @@ from typing import Dict, List, Optional, Sequence
 
 from .errors import StanceError
 from .folder import ModelMeta, file_sha256, folder_digest
-from .io import TableReader
+from .labels import score_columns
 from .outputs import RAY_MANIFEST, RAY_SUCCESS, hold_lock, read_json, run_record, write_json
 from .progress import Progress
-from .scoring import ScoreOptions, ScoreSummary
+from .scoring import ScoreOptions, ScoreSummary, open_inputs, refuse_taken, text_columns
 from .shards import expand_inputs, input_schema, output_schema, plan_shards, read_shard
 
 log = logging.getLogger("stance.score")
@@ -79,7 +79,7 @@ class ShardScorer:
         job, t0 = self.job, time.time()
         table, skipped = read_shard(job, shard)
         text = job["text_column"]
-        records = table.select([text] if isinstance(text, str) else list(text)).to_pylist()
+        records = table.select(text_columns(text)).to_pylist()
         scored, notes = self.clf.score_records(records, text, job["min_confidence"], job["batch_size"])
         for name in self.clf.output_columns:
             field = job["output_schema"].field(name)
@@ -190,14 +190,8 @@ def score_with_ray(inputs: Sequence[str], out_dir: str, model_folder: str, optio
     address = address or os.environ.get("RAY_ADDRESS")     # set for drivers that `ray job submit` starts
     ray = require_ray()
     paths = [os.path.abspath(p) for p in expand_inputs(inputs, options.input_format)]
-    readers = [TableReader(p, format=options.input_format, encoding=options.encoding,
-                           on_bad_lines=options.on_bad_lines).open() for p in paths]
-    text_columns = [options.text_column] if isinstance(options.text_column, str) else list(options.text_column)
+    readers = open_inputs(paths, options)
     for r in readers:
-        for c in text_columns:
-            r.require_column(c, "text")
-        if options.id_column:
-            r.require_column(options.id_column, "id")
         if r.columns != readers[0].columns:
             raise StanceError(f"columns differ from the first input's ({', '.join(readers[0].columns)})",
                               path=r.path, line=1)
@@ -205,10 +199,7 @@ def score_with_ray(inputs: Sequence[str], out_dir: str, model_folder: str, optio
     meta = ModelMeta.read(model)
     in_schema = input_schema(readers)
     schema = output_schema(in_schema, meta.labels)
-    taken = [c for c in schema.names[len(in_schema):] if c in in_schema.names]
-    if taken:       # never overwrite a user's column (a gold `stance`, say), as locally
-        raise StanceError(f"the input already has column(s) {', '.join(taken)}, which scoring adds",
-                          path=paths[0], column=taken[0], hint="rename them in the input (e.g. stance -> gold_stance)")
+    refuse_taken(in_schema.names, score_columns(meta.labels), paths[0])
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise StanceError("with --engine ray the output is a folder, and this is a file", path=out_dir)

@@ -101,14 +101,7 @@ def score_files(inputs: Sequence[str], output: str, clf, options: Optional[Score
         if not parent.is_dir():
             raise StanceError("the output folder does not exist", path=str(parent))
 
-    readers = [TableReader(p, format=options.input_format, encoding=options.encoding,
-                           on_bad_lines=options.on_bad_lines) for p in inputs]
-    for r in readers:
-        r.open()
-        for name in _text_columns(options.text_column):
-            r.require_column(name, "text")
-        if options.id_column:
-            r.require_column(options.id_column, "id")
+    readers = open_inputs(inputs, options)
     columns = _output_columns(readers, clf)
 
     state = {
@@ -196,8 +189,29 @@ def _partial_shorter(out: PartialOutput, ckpt: Dict) -> bool:
     return os.path.getsize(out.partial) < ckpt.get("output_bytes", 0)
 
 
-def _text_columns(text_column: Union[str, Sequence[str]]) -> List[str]:
+def text_columns(text_column: Union[str, Sequence[str]]) -> List[str]:
     return [text_column] if isinstance(text_column, str) else list(text_column)
+
+
+def open_inputs(paths: Sequence[str], options: ScoreOptions) -> List[TableReader]:
+    """Open every input, each checked for the text column(s) and the id column (both engines)."""
+    readers = [TableReader(p, format=options.input_format, encoding=options.encoding,
+                           on_bad_lines=options.on_bad_lines).open() for p in paths]
+    for r in readers:
+        for name in text_columns(options.text_column):
+            r.require_column(name, "text")
+        if options.id_column:
+            r.require_column(options.id_column, "id")
+    return readers
+
+
+def refuse_taken(columns: Sequence[str], added: Sequence[str], path: str) -> None:
+    """Never overwrite a user's column (a gold `stance` column, say) without a word (both engines)."""
+    taken = [c for c in columns if c in added]
+    if taken:
+        raise StanceError(f"the input already has column(s) {', '.join(taken)}, which scoring adds",
+                          path=path, column=taken[0],
+                          hint="rename them in the input (e.g. stance -> gold_stance) before scoring")
 
 
 def _output_columns(readers: List[TableReader], clf) -> List[str]:
@@ -212,11 +226,7 @@ def _output_columns(readers: List[TableReader], clf) -> List[str]:
             raise StanceError("columns differ from the first input's "
                               f"({', '.join(first)})", path=r.path, line=1)
     added = clf.output_columns
-    taken = [c for c in first if c in added]
-    if taken:      # never overwrite a user's column (a gold `stance` column, say) without a word
-        raise StanceError(f"the input already has column(s) {', '.join(taken)}, which scoring adds",
-                          path=readers[0].path, column=taken[0],
-                          hint="rename them in the input (e.g. stance -> gold_stance) before scoring")
+    refuse_taken(first, added, readers[0].path)
     return first + added
 
 

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence
 
 from .errors import StanceError
 from .io import TableReader, detect_format
+from .labels import score_columns
 
 
 def expand_inputs(inputs: Sequence[str], input_format: Optional[str] = None) -> List[str]:
@@ -131,9 +132,9 @@ def input_schema(readers: List[TableReader]):
 
 def output_schema(input_schema, labels: Sequence[str]):
     import pyarrow as pa
-    added = [("stance", pa.string()), ("confidence", pa.float64()),
-             *[(f"p_{l}", pa.float64()) for l in labels], ("stance_note", pa.string())]
-    return pa.schema(list(input_schema) + [pa.field(n, t) for n, t in added])
+    added = [pa.field(n, pa.string() if n in ("stance", "stance_note") else pa.float64())
+             for n in score_columns(labels)]
+    return pa.schema(list(input_schema) + added)
 
 
 def read_shard(job: Dict, shard: Dict):
