@@ -40,6 +40,10 @@ def write_model_card(folder: Path, cfg, metrics: Dict) -> None:
         "",
     ]
     cal = metrics.get("calibration")
+    blend = metrics.get("blend")
+    if cal and blend:     # the blend chooses the default threshold (below)
+        cal = {**cal, "min_confidence": blend["min_confidence"],
+               "crossfit_coverage_at_min_confidence": blend["crossfit_coverage_at_min_confidence"]}
     if cal:
         xf = cal.get("crossfit")
         if xf:
@@ -53,7 +57,7 @@ def write_model_card(folder: Path, cfg, metrics: Dict) -> None:
                       f"**Leave-writers-out macro-F1: {xf['macro_f1']:.3f}** (by fold: "
                       f"{', '.join(f'{f:.3f}' for f in xf['macro_f1_by_fold'])}). "
                       f"Default `--min-confidence` {cal['min_confidence']}: the lowest threshold at which the "
-                      "out-of-writer accuracy of the kept posts reaches 0.90 (keeps "
+                      f"out-of-writer accuracy of the kept {'blended ' if blend else ''}posts reaches 0.90 (keeps "
                       f"{pct(cal['crossfit_coverage_at_min_confidence'])}% of them).", ""]
         else:
             lines += ["## Calibration", "",
@@ -61,11 +65,26 @@ def write_model_card(folder: Path, cfg, metrics: Dict) -> None:
                       f"Default `--min-confidence` {cal['min_confidence']}: the lowest threshold at which dev "
                       f"accuracy of the kept posts reaches 0.90 (keeps {pct(cal['dev_coverage_at_min_confidence'])}% "
                       "of dev).", ""]
+    if blend:
+        oow = blend["out_of_writer"]
+        row = lambda name, m: (f"| {name} | {m['macro_f1']:.3f} | {m['ece']:.3f} | {pct(m['share_at_0.9'])}% | "
+                               f"{'-' if m['accuracy_at_0.9'] is None else pct(m['accuracy_at_0.9'])}% |")
+        lines += ["## Blend with a TF-IDF companion", "",
+                  f"`companion/` holds a TF-IDF model trained by `{blend['companion']}` on the same posts. Every "
+                  "probability `stance` gives is the two models' product: softmax((w log p_model + (1 - w) log "
+                  f"p_companion) / T), with w = {blend['weight']}, T = {blend['temperature']} (the companion's "
+                  f"probabilities softened by its cross-fit factor {blend['companion_factor']}). w and T were chosen "
+                  f"on the out-of-writer predictions of both configs (`{blend['companion_crossfit']}`), "
+                  f"{blend['posts']:,} posts each scored by models that never saw its writer:", "",
+                  "| out of writer | macro-F1 | ECE | confidence >= 0.9 | right there |", "|---|---:|---:|---:|---:|",
+                  row("this model alone", oow["model"]), row("TF-IDF companion alone", oow["companion"]),
+                  row("**blend**", oow["blend"]), ""]
     if metrics.get("pipeline"):
         lines += ["## Plain `transformers`", "",
                   "The temperature is folded into the classifier's weights and the text normalisation into the "
                   "tokenizer, so `transformers.pipeline(\"text-classification\", model=FOLDER, top_k=None, "
-                  f"truncation=True)` gives {metrics['pipeline']}.", ""]
+                  f"truncation=True)` gives {metrics['pipeline']}"
+                  + (": the transformer alone, without the blend." if blend else "."), ""]
     fast = metrics.get("fast_path")
     if fast and "label_agreement" in fast:
         lines += ["## Fast CPU path (int8 ONNX)", "",

@@ -61,6 +61,10 @@ class TrainingConfig:
     # Share of each training post's target taken from its out-of-writer probabilities in `crossfit` (the rest
     # is its label; below 0.5 the label always stays the most likely class). 0 trains on labels alone.
     crossfit_target_weight: float = 0.0
+    # A TF-IDF config whose model is trained beside this one (into OUTPUT/companion) and blended with it; the
+    # mix is chosen on the out-of-writer predictions of both: `crossfit` and `companion_crossfit` (blend.py).
+    companion: Optional[str] = None
+    companion_crossfit: Optional[str] = None
     # TF-IDF baseline only
     tfidf_C: float = 4.0
     tfidf_max_features: int = 200000
@@ -160,6 +164,13 @@ def _validate(cfg: RunConfig, source: str) -> None:
     if t.crossfit_target_weight and not t.crossfit:
         raise StanceError("training.crossfit_target_weight needs training.crossfit (the out-of-writer "
                           "probabilities it mixes into the targets)", path=source)
+    if t.companion and not (t.crossfit and t.companion_crossfit):
+        raise StanceError("training.companion needs training.crossfit and training.companion_crossfit: the "
+                          "blend is chosen on the out-of-writer predictions of both configs", path=source,
+                          hint="make them with `stance crossfit --config CONFIG -o FILE`")
+    if t.companion_crossfit and not t.companion:
+        raise StanceError("training.companion_crossfit is for training.companion (the config to blend with)",
+                          path=source)
     if t.device not in ("auto", "cpu", "cuda"):
         raise StanceError("training.device must be auto, cpu or cuda", path=source)
     if len(set(cfg.data.labels)) != len(cfg.data.labels) or len(cfg.data.labels) < 2:

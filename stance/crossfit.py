@@ -38,9 +38,10 @@ from .outputs import read_json, write_json
 
 log = logging.getLogger(__name__)
 FORMAT = "stance-crossfit/1"
-# Sections of the config that decide what a fold model is; the data paths, output folder, threads and
-# device do not (the data is checked by its own digest).
-_RECIPE_SKIP = {"training": {"crossfit", "crossfit_target_weight", "threads", "device"}, "model": {"fast_path"}}
+# Sections of the config that decide what a fold model is; the data paths, output folder, threads,
+# device and the blend (fold models are never blended) do not (the data is checked by its own digest).
+_RECIPE_SKIP = {"training": {"crossfit", "crossfit_target_weight", "companion", "companion_crossfit", "threads",
+                             "device"}, "model": {"fast_path"}}
 
 
 def recipe_digest(cfg: RunConfig) -> str:

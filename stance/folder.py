@@ -3,7 +3,8 @@
 A folder holds the weights (`model.safetensors` + `config.json` + `tokenizer.json`, or
 `tfidf.json` + `tfidf.safetensors`), `stance.json` (this module), `config.yaml` (the
 run that made it), `metrics.json`, the model card `README.md`, and optionally
-`onnx/` (the int8 scoring path). Only JSON and safetensors are ever read.
+`onnx/` (the int8 scoring path) and `companion/` (a TF-IDF model folder the model is blended with,
+see blend.py). Only JSON and safetensors are ever read.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ REQUIRED_FILES = {
 }
 # The files that decide a model's outputs.
 DIGEST_FILES = ("config.json", "model.safetensors", "tokenizer.json", META_FILE, "tfidf.json", "tfidf.safetensors")
+COMPANION_DIR = "companion"
 
 
 @dataclass
@@ -40,6 +42,7 @@ class ModelMeta:
     min_confidence: float = 0.0
     fast_path: Dict = field(default_factory=dict)   # int8 ONNX check results (see onnx_runtime.py)
     bf16: Dict = field(default_factory=dict)        # bfloat16 check results (CPUs with native bf16)
+    blend: Dict = field(default_factory=dict)       # mixed with the model in COMPANION_DIR (blend.py); {} = alone
     format_version: int = FORMAT_VERSION
 
     @classmethod
@@ -79,6 +82,20 @@ class ModelMeta:
         if self.engine == "transformer":
             self._check_against_config(folder / "config.json")
         self._check_against_run_config(folder / "config.yaml")
+        if self.blend:
+            self._check_companion(folder / COMPANION_DIR)
+
+    def _check_companion(self, companion: Path) -> None:
+        if not isinstance(self.blend, dict):
+            raise StanceError(f"damaged {META_FILE}: 'blend' must be a mapping", path=str(companion.parent))
+        if not (companion / META_FILE).is_file():
+            raise StanceError(f"incomplete model folder: {META_FILE} says the model is blended with a companion, "
+                              f"but {COMPANION_DIR}/{META_FILE} is missing", path=str(companion.parent),
+                              hint="copy the whole model folder, or retrain it")
+        theirs = ModelMeta.read(companion)
+        if theirs.engine != "tfidf" or theirs.labels != self.labels or theirs.blend:
+            raise StanceError(f"the companion must be a TF-IDF model with the labels {self.labels}, not a "
+                              f"{theirs.engine} model with {theirs.labels}", path=str(companion))
 
     def _check_against_run_config(self, path: Path) -> None:
         """The run config saved beside the weights names the labels in training order (TF-IDF folders
@@ -132,7 +149,7 @@ def file_sha256(path: str | Path) -> str:
 def folder_digest(folder: Path, names: Iterable[str] = DIGEST_FILES) -> str:
     """A checksum of the files that decide a model's outputs (for resume safety and provenance)."""
     h = hashlib.sha256()
-    for name in names:
+    for name in [*names, *(f"{COMPANION_DIR}/{n}" for n in names)]:
         f = folder / name
         if f.exists():
             h.update(name.encode())

@@ -14,9 +14,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .blend import Blend
 from .engines import TfidfEngine, TransformerEngine
 from .errors import StanceError
-from .folder import ModelMeta
+from .folder import COMPANION_DIR, ModelMeta
 from .labels import score_columns
 from .hardware import Hardware, detect
 from .metrics import softmax
@@ -24,7 +25,10 @@ from .runtime import ONNX_INT8, RUNTIMES, TFIDF, TORCH_BF16, Choice, FolderFacts
 from .textnorm import Normalizer
 
 class StanceClassifier:
-    """A trained stance model: `predict`, `predict_proba`, `score_records`, `score_frame`."""
+    """A trained stance model: `predict`, `predict_proba`, `score_records`, `score_frame`.
+
+    A blended model (`stance.json` has a `blend`) also loads the TF-IDF model in its `companion/` folder, and
+    every probability it gives is the blend of the two (blend.py)."""
 
     def __init__(self, folder: Path, meta: ModelMeta, engine, runtime_reason: str = ""):
         self.folder = folder
@@ -32,6 +36,12 @@ class StanceClassifier:
         self.engine = engine
         self.runtime_reason = runtime_reason or engine.name
         self.normalizer = Normalizer.from_dict(meta.normalizer)
+        self.blend: Optional[Blend] = None
+        self.companion: Optional["StanceClassifier"] = None
+        if meta.blend:
+            self.blend = Blend.from_dict(meta.blend, str(folder / "stance.json"))
+            self.companion = StanceClassifier.load(folder / COMPANION_DIR)
+            self.runtime_reason += "; blended with its TF-IDF companion"
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike] = "models/default", device: str = "auto",
@@ -86,8 +96,17 @@ class StanceClassifier:
         return score_columns(self.labels)
 
     def logits(self, texts: Sequence[str], batch_size: int = 64) -> Tuple[np.ndarray, np.ndarray]:
-        """Raw logits of the normalised texts and, per text, whether it was cut to max_length."""
+        """Raw logits of the normalised texts (this model's own, before any blend) and, per text, whether
+        it was cut to max_length."""
         return self.engine.logits([self.normalizer(t) for t in texts], batch_size=batch_size)
+
+    def _probabilities(self, texts: Sequence[str], batch_size: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Calibrated (and, for a blended model, blended) probabilities, and which texts were cut."""
+        logits, truncated = self.logits(texts, batch_size)
+        probs = softmax(logits, self.meta.scoring_temperature)
+        if self.blend is not None:
+            probs = self.blend.apply(probs, self.companion.predict_proba(texts, batch_size))
+        return probs, truncated
 
     def predict_proba(self, texts: Union[str, Sequence[str]], batch_size: int = 64) -> np.ndarray:
         """Calibrated probabilities, one row per text, columns in `labels` order (one row for one string)."""
@@ -95,8 +114,7 @@ class StanceClassifier:
             texts = [texts]
         if len(texts) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        logits, _ = self.logits(texts, batch_size)
-        return softmax(logits, self.meta.scoring_temperature)
+        return self._probabilities(texts, batch_size)[0]
 
     def predict(self, texts: Union[str, Sequence[str]], batch_size: int = 64) -> Union[str, List[str]]:
         """The label of one post (a string), or a list of labels for a list of posts."""
@@ -130,8 +148,7 @@ class StanceClassifier:
         notes.update(no_text.values())
         probs = np.zeros((0, len(self.labels)), dtype=np.float32)
         if texts:
-            logits, truncated = self.logits(texts, batch_size=batch_size)
-            probs = softmax(logits, self.meta.scoring_temperature)
+            probs, truncated = self._probabilities(texts, batch_size)
             notes["truncated"] += int(truncated.sum())
         row_probs = dict(zip(todo, probs))
         out = []

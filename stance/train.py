@@ -25,10 +25,12 @@ from .config import RunConfig
 from .data import LabelledData, load_labelled
 from .errors import StanceError
 from .engines import TfidfEngine, TransformerEngine
-from .folder import ModelMeta
-from .hardware import detect, pick_device
+from .fast_paths import build_fast_path, check_bf16
+from .folder import COMPANION_DIR, ModelMeta
+from .hardware import pick_device
 from .metrics import compute_metrics, coverage_curve, fit_temperature, slice_metrics, softmax
 from .prevalence import write_labelled_outputs
+from .blend import fit_blend
 from .crossfit import Crossfit
 from .textnorm import Normalizer
 
@@ -88,6 +90,7 @@ def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
     labels = list(cfg.data.labels)
     label2id = {label: i for i, label in enumerate(labels)}
     crossfit = Crossfit.load(cfg.training.crossfit, labels) if cfg.training.crossfit else None
+    blend_plan = _plan_blend(cfg, crossfit) if cfg.training.companion else None
     normalizer = Normalizer(urls=cfg.model.normalize_urls, mentions=cfg.model.normalize_mentions,
                             emoji_to_text=cfg.model.emoji_to_text)
     texts = {k: [normalizer(t) for t in v.texts] for k, v in splits.items()}
@@ -126,16 +129,18 @@ def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
         if meta.engine == "transformer":
             meta, logits, metrics["pipeline"] = _pipeline_ready(tmp, meta, normalizer, logits,
                                                                   splits["train"].texts)
-        metrics.update(_evaluate(splits, logits, meta))
+        probs = {name: softmax(lg, meta.scoring_temperature) for name, lg in logits.items()}
+        if blend_plan:
+            meta, probs, metrics["blend"] = _blend_with_companion(blend_plan, tmp, meta, splits, probs)
+        metrics.update(_evaluate(splits, probs, meta))
         # The model's error rates on labelled posts, for the share estimators of `stance report` (acc, pacc, emq).
         # Dev and test, not the out-of-writer predictions of `training.crossfit`: measured as acc's error rates
         # on the external set, those made shares worse (docs/prevalence.md).
-        write_labelled_outputs(tmp, labels, {name: (ids[name], softmax(logits[name], meta.scoring_temperature),
-                                                    splits[name].columns.get("id"))
-                                             for name in ("dev", "test") if name in logits})
+        write_labelled_outputs(tmp, labels, {name: (ids[name], probs[name], splits[name].columns.get("id"))
+                                             for name in ("dev", "test") if name in probs})
         if meta.engine == "transformer" and cfg.model.fast_path:
-            checks = {"fast_path": lambda: _build_fast_path(tmp, meta, texts, splits, logits),
-                      "bf16": lambda: _check_bf16(tmp, meta, texts, splits, logits)}
+            checks = {"fast_path": lambda: build_fast_path(tmp, meta, texts, splits, logits),
+                      "bf16": lambda: check_bf16(tmp, meta, texts, splits, logits)}
             for key, step in checks.items():
                 try:
                     metrics[key] = step()
@@ -316,53 +321,6 @@ def _fine_tune(cfg: RunConfig, backbone_dir: Path, labels, texts, ids, targets: 
     return history
 
 
-def _build_fast_path(folder: Path, meta: ModelMeta, texts: Dict[str, List[str]], splits: Dict[str, LabelledData],
-                     fp32_logits: Dict[str, np.ndarray]) -> Dict:
-    """Export the int8 ONNX model and keep it only if it matches fp32 closely on dev + test."""
-    from . import onnx_runtime
-    if not onnx_runtime.available():
-        log.info("onnxruntime is not installed: no int8 fast path (pip install 'stance[onnx]')")
-        return {"enabled": False, "reason": "onnxruntime not installed"}
-    t0 = time.time()
-    try:
-        built = onnx_runtime.export_int8(folder, texts["train"], meta.max_length)
-        check = {**onnx_runtime.validate_int8(folder, meta, *_check_set(texts, splits, fp32_logits)), **built}
-    except Exception:
-        shutil.rmtree(folder / onnx_runtime.ONNX_DIR, ignore_errors=True)   # no half-built fast path left behind
-        raise
-    check["build_seconds"] = round(time.time() - t0, 1)
-    if not check["enabled"]:
-        shutil.rmtree(folder / onnx_runtime.ONNX_DIR, ignore_errors=True)
-    _log_check("int8 fast path", check)
-    return check
-
-
-def _check_bf16(folder: Path, meta: ModelMeta, texts: Dict[str, List[str]], splits: Dict[str, LabelledData],
-                fp32_logits: Dict[str, np.ndarray]) -> Dict:
-    """Score dev + test with bfloat16 weights on this CPU; enable bf16 scoring only if it matches fp32."""
-    from .metrics import compare_with_fp32
-    if not detect().bf16:
-        return {"enabled": False, "reason": "this CPU has no native bfloat16 (AVX-512 BF16 or AMX)"}
-    check_texts, gold, fp32 = _check_set(texts, splits, fp32_logits)
-    bf16_logits, _ = TransformerEngine(folder, meta, device="cpu", bf16=True).logits(check_texts)
-    check = compare_with_fp32(bf16_logits, fp32, gold, meta.labels)
-    _log_check("bfloat16", check)
-    return check
-
-
-def _log_check(name: str, check: Dict) -> None:
-    log.info("%s: %s of labels equal to fp32 on %d posts, macro-F1 %+.4f -> %s", name,
-             f"{check['label_agreement']:.2%}", check["n"], check["macro_f1_delta"],
-             "enabled" if check["enabled"] else "disabled")
-
-
-def _check_set(texts: Dict[str, List[str]], splits: Dict[str, LabelledData], fp32_logits: Dict[str, np.ndarray]):
-    """Normalised dev + test texts, their gold labels and fp32 logits (computed once, by the evaluation)."""
-    names = [n for n in ("dev", "test") if n in splits]
-    return ([t for n in names for t in texts[n]], [l for n in names for l in splits[n].labels],
-            np.concatenate([fp32_logits[n] for n in names]))
-
-
 def _calibrate(dev_logits: Optional[np.ndarray], dev_ids: Optional[np.ndarray], crossfit: Optional[Crossfit],
                cfg: RunConfig) -> Dict:
     """Temperature and default confidence threshold (empty without a dev split).
@@ -379,12 +337,45 @@ def _calibrate(dev_logits: Optional[np.ndarray], dev_ids: Optional[np.ndarray], 
     return crossfit.calibration(temperature, cfg)
 
 
-def _evaluate(splits: Dict[str, LabelledData], logits: Dict[str, np.ndarray], meta: ModelMeta) -> Dict:
-    """Dev, test (and external) metrics with the fitted temperature, by language and platform where the data says."""
+def _plan_blend(cfg: RunConfig, crossfit: Crossfit):
+    """`training.companion`'s config (its data set to this run's, its output the folder's companion/), and the
+    blend chosen on both configs' out-of-writer predictions: all checked before any training starts."""
+    from .config import load_config
+    source = cfg.training.companion
+    companion_cfg = load_config(source)
+    if companion_cfg.model.backbone != TFIDF or companion_cfg.training.companion:
+        raise StanceError("training.companion must name a TF-IDF config without a companion of its own",
+                          path=source, column="model.backbone")
+    companion_cfg = replace(companion_cfg, data=cfg.data, output_dir=COMPANION_DIR)
+    theirs = Crossfit.load(cfg.training.companion_crossfit, cfg.data.labels)
+    stale = theirs.stale_for(companion_cfg)
+    if stale:
+        log.warning("%s may not fit the companion: %s; rerun `stance crossfit --config %s`",
+                    cfg.training.companion_crossfit, stale, source)
+    blend, report = fit_blend(crossfit, theirs)
+    log.info("blend with %s: weight %.2f on this model, temperature %.3f; out-of-writer macro-F1 %.3f "
+             "(this model alone %.3f)", source, blend.weight, blend.temperature,
+             report["out_of_writer"]["blend"]["macro_f1"], report["out_of_writer"]["model"]["macro_f1"])
+    return companion_cfg, blend, {"companion": source, "companion_crossfit": cfg.training.companion_crossfit,
+                                  **blend.to_dict(), **report}
+
+
+def _blend_with_companion(plan, folder: Path, meta: ModelMeta, splits: Dict[str, LabelledData],
+                          probs: Dict[str, np.ndarray]):
+    """Train the companion into the folder and blend the labelled splits' probabilities as `stance` will."""
+    from .model import StanceClassifier
+    companion_cfg, blend, report = plan
+    train(replace(companion_cfg, output_dir=str(folder / COMPANION_DIR)), progress=False)
+    companion = StanceClassifier.load(folder / COMPANION_DIR)
+    blended = {name: blend.apply(p, companion.predict_proba(splits[name].texts)) for name, p in probs.items()}
+    return replace(meta, blend=blend.to_dict(), min_confidence=report["min_confidence"]), blended, report
+
+
+def _evaluate(splits: Dict[str, LabelledData], all_probs: Dict[str, np.ndarray], meta: ModelMeta) -> Dict:
+    """Dev, test (and external) metrics of the scoring probabilities, by language and platform where the data says."""
     metrics = {}
-    for name, lg in logits.items():
+    for name, probs in all_probs.items():
         data = splits[name]
-        probs = softmax(lg, meta.scoring_temperature)
         pred = [meta.labels[i] for i in probs.argmax(1)]
         m = compute_metrics(data.labels, pred, meta.labels, probs)
         if "lang" in data.columns:

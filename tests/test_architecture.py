@@ -14,10 +14,10 @@ MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 LAYERS = [
     {"errors", "labels", "progress", "quantize", "prevalence"},
     {"hardware", "io", "metrics", "textnorm", "folder", "tfidf", "e5convert", "hf_compat"},
-    {"backbones", "config", "data", "engines", "runtime", "card", "check", "outputs", "crossfit"},
+    {"backbones", "config", "data", "engines", "runtime", "card", "check", "outputs", "crossfit", "blend"},
     {"onnx_runtime"},
     {"model"},
-    {"scoring", "evaluation", "train", "sampling", "annotate", "shards", "ray_scoring"},
+    {"scoring", "evaluation", "train", "fast_paths", "sampling", "annotate", "shards", "ray_scoring"},
     {"adapt", "crossfit_train"},
     {"reporting", "share_report"},
     {"cli"},

@@ -191,12 +191,12 @@ def test_embedding_table_int8_per_row_matches_fp32(tmp_path):
 
 
 def test_failed_fast_paths_keep_the_trained_model(tiny_backbone, labelled_files, tmp_path, monkeypatch):
-    from stance import onnx_runtime, train
+    from stance import fast_paths, onnx_runtime
 
     def broken(*args):
         raise RuntimeError("exporter exploded")
     monkeypatch.setattr(onnx_runtime, "export_int8", broken)
-    monkeypatch.setattr(train, "detect", broken)
+    monkeypatch.setattr(fast_paths, "detect", broken)
     out = tmp_path / "m"
     train_model(tiny_backbone, labelled_files, out, **{"model.fast_path": "true"})
     meta = json.loads((out / "stance.json").read_text())
