@@ -256,14 +256,16 @@ def adapt(
 def crossfit(
     config: Path = typer.Option(..., "--config", "-c", help="YAML run config to cross-fit (see models/default.yaml)."),
     output: str = typer.Option(..., "--output", "-o", help="The JSON file to write, e.g. models/default.crossfit.json; "
-                               "name it in the config as training.crossfit."),
+                               "name it in the config as training.crossfit (or, for a TF-IDF config a model is "
+                               "blended with, in that model's config as training.companion_crossfit)."),
     folds: int = typer.Option(3, "--folds", min=2, help="Groups of writers: one model is trained without each."),
     group_column: Optional[str] = typer.Option(None, "--group-column", help="Column naming each post's writer or "
                                                "source (default: the writer in ids like b3-0012)."),
     set_: List[str] = typer.Option([], "--set", help="Override a config key, e.g. --set training.epochs=3."),
 ):
     """Score every labelled post with a model that never saw its writer: leave-writers-out macro-F1, and the
-    temperature and confidence threshold for new writers (for training.crossfit).
+    temperature and confidence threshold for new writers (for training.crossfit), and the blend with a TF-IDF
+    companion (training.companion).
 
     Trains --folds models of the config, each as long as one training; finished folds are kept, a rerun continues."""
     _setup_logging()

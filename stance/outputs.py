@@ -164,6 +164,7 @@ def provenance(clf, state: Dict, text_column, min_confidence: Optional[float]) -
     return {**run_record(), "model": str(Path(clf.folder).resolve()), "model_digest": state["model"],
             "labels": clf.labels, "runtime": clf.runtime, "runtime_reason": clf.runtime_reason,
             "temperature": clf.meta.temperature, "temperature_in_weights": clf.meta.temperature_in_weights,
+            "blend": clf.meta.blend,
             "min_confidence": clf.meta.min_confidence if min_confidence is None else min_confidence,
             "text_column": text_column, "inputs": state["inputs"], "rows": state["rows_done"]}
 

@@ -341,7 +341,7 @@ def _manifest(plan: Dict, done: Dict, workers_seen: List, meta, model: Path, opt
         agg["peak_rss_mb"] = round(max(agg.get("peak_rss_mb", 0), float(w["peak_rss_mb"])), 1)
     return {**run_record(), "ray_version": ray.__version__, "engine": "ray", "address": address, "model": str(model), "model_digest": plan["model_digest"],
             "labels": meta.labels, "temperature": meta.temperature,
-            "temperature_in_weights": meta.temperature_in_weights,
+            "temperature_in_weights": meta.temperature_in_weights, "blend": meta.blend,
             "min_confidence": meta.min_confidence if options.min_confidence is None else options.min_confidence,
             "runtime": runtimes.most_common(1)[0][0] if len(runtimes) == 1 else dict(runtimes),
             "text_column": options.text_column, "inputs": plan["inputs"], "options": plan["options"],

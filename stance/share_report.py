@@ -296,7 +296,9 @@ def _scored_by(meta: Dict) -> str:
         return "How the file was scored is not recorded (no .meta.json beside it, no Parquet metadata)."
     return (f"Scored by stance {meta.get('stance_version')} on {meta.get('created')} with model "
             f"{meta.get('model')} (digest {str(meta.get('model_digest'))[:12]}), runtime {meta.get('runtime')}, "
-            f"temperature {meta.get('temperature')}, threshold {meta.get('min_confidence')}.")
+            f"temperature {meta.get('temperature')}, threshold {meta.get('min_confidence')}"
+            + (f", blended with its TF-IDF companion (weight {meta['blend'].get('weight')} on the transformer)."
+               if meta.get("blend") else "."))
 
 
 def _cell(group: Dict, label: str) -> str:

@@ -171,3 +171,26 @@ def test_a_companion_that_is_not_tfidf_is_refused_before_training(blended, tiny_
     with pytest.raises(StanceError, match="must name a TF-IDF config") as exc:
         crossfit_train.train(cfg, progress=False)
     assert str(bad) in str(exc.value) and not (tmp_path / "m").exists()
+
+
+def test_scoring_and_reporting_with_a_blended_model_say_so(blended, tmp_path):
+    import csv
+    folder, _, _ = blended
+    src = tmp_path / "posts.csv"
+    with open(src, "w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "text"])
+        w.writerows([i, POSTS[i % len(POSTS)][0]] for i in range(60))
+    out = tmp_path / "scored.csv"
+    res = CliRunner().invoke(app, ["score", str(src), "-o", str(out), "--model", str(folder), "-q"])
+    assert res.exit_code == 0, res.output
+    with open(out, encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    expected = StanceClassifier.load(folder).predict_proba([r["text"] for r in rows])
+    assert [r["p_oppose"] for r in rows] == [f"{round(float(p), 4)}" for p in expected[:, 1]]
+    meta = json.loads((tmp_path / "scored.csv.meta.json").read_text())
+    assert meta["blend"] == json.loads((folder / "stance.json").read_text())["blend"]
+    assert "blended with its TF-IDF companion" in meta["runtime_reason"]
+    res = CliRunner().invoke(app, ["report", str(out), "-o", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    assert "blended with its TF-IDF companion" in (tmp_path / "rep" / "report.md").read_text()
