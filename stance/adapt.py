@@ -10,7 +10,7 @@ records what was added. Before and after are compared on the held-out part with 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -19,7 +19,7 @@ import numpy as np
 from .config import load_config
 from .data import load_labelled
 from .errors import StanceError
-from .folder import ModelMeta
+from .folder import COMPANION_DIR, ModelMeta
 
 
 @dataclass
@@ -82,11 +82,18 @@ def adapt(model: str, gold: str, output: str, options: Optional[AdaptOptions] = 
     paths = {"train": _write(work / "train.jsonl", train_rows + replay),
              "dev": _write(work / "dev.jsonl", [rows[i] for i in sorted(dev_local)] + replay_dev),
              "test": _write(work / "holdout.jsonl", [rows[i] for i in sorted(held)])}
+    sets = [f"data.{k}={v}" for k, v in paths.items()]
+    if base.training.companion:
+        # A TF-IDF companion has no weights to continue from: it is trained afresh on all the posts it was
+        # trained on before and the gold ones.
+        before = load_labelled(base.training.companion_train or base.data.train, labels=meta.labels)
+        paths["companion_train"] = _write(work / "companion_train.jsonl", [
+            {"text": t, "label": l} for t, l in zip(before.texts, before.labels)] + train_rows)
+        sets.append(f"training.companion_train={paths['companion_train']}")
     cfg = load_config(str(folder / "config.yaml"),
-                      [f"data.{k}={v}" for k, v in paths.items()]
-                      + [f"model.backbone={folder.resolve()}", f"training.epochs={o.epochs}",
-                         f"training.learning_rate={o.learning_rate}", f"training.seed={o.seed}",
-                         f"output_dir={out}"])
+                      sets + [f"model.backbone={folder.resolve()}", f"training.epochs={o.epochs}",
+                              f"training.learning_rate={o.learning_rate}", f"training.seed={o.seed}",
+                              f"output_dir={out}"])
     result = train(cfg, progress=progress)
     # The data the folder was trained on lives in it, and its config.yaml points there: reproducible from the folder.
     kept = out / "adapt_data"
@@ -94,10 +101,17 @@ def adapt(model: str, gold: str, output: str, options: Optional[AdaptOptions] = 
     for name in ("train", "dev"):
         Path(paths[name]).replace(kept / f"{name}.jsonl")
         setattr(cfg.data, name, str(kept / f"{name}.jsonl"))
+    if "companion_train" in paths:
+        Path(paths["companion_train"]).replace(kept / "companion_train.jsonl")
+        cfg.training.companion_train = str(kept / "companion_train.jsonl")
     holdout_file = out / "adapt_holdout.jsonl"
     Path(paths["test"]).replace(holdout_file)
     cfg.data.test = str(holdout_file)
     cfg.save(out / "config.yaml")
+    if cfg.training.companion_train:
+        companion = load_config(str(out / COMPANION_DIR / "config.yaml"))
+        companion.data = replace(cfg.data, train=cfg.training.companion_train)
+        companion.save(out / COMPANION_DIR / "config.yaml")
     info = {"from_model": str(folder.resolve()), "gold": str(Path(gold).resolve()), "gold_posts": len(rows),
             "trained_on_gold": len(train_rows), "dev_gold": len(dev_local), "held_out": len(held),
             "replay_train": len(replay), "replay_dev": len(replay_dev), "holdout_file": holdout_file.name}

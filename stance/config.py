@@ -65,6 +65,9 @@ class TrainingConfig:
     # mix is chosen on the out-of-writer predictions of both: `crossfit` and `companion_crossfit` (blend.py).
     companion: Optional[str] = None
     companion_crossfit: Optional[str] = None
+    # The companion's training file, when not data.train (`stance adapt`: the original training posts and the
+    # user's gold, where the transformer continues from its weights on the gold and a replay sample).
+    companion_train: Optional[str] = None
     # TF-IDF baseline only
     tfidf_C: float = 4.0
     tfidf_max_features: int = 200000
@@ -168,9 +171,9 @@ def _validate(cfg: RunConfig, source: str) -> None:
         raise StanceError("training.companion needs training.crossfit and training.companion_crossfit: the "
                           "blend is chosen on the out-of-writer predictions of both configs", path=source,
                           hint="make them with `stance crossfit --config CONFIG -o FILE`")
-    if t.companion_crossfit and not t.companion:
-        raise StanceError("training.companion_crossfit is for training.companion (the config to blend with)",
-                          path=source)
+    if (t.companion_crossfit or t.companion_train) and not t.companion:
+        raise StanceError("training.companion_crossfit and companion_train are for training.companion (the "
+                          "config to blend with)", path=source)
     if t.device not in ("auto", "cpu", "cuda"):
         raise StanceError("training.device must be auto, cpu or cuda", path=source)
     if len(set(cfg.data.labels)) != len(cfg.data.labels) or len(cfg.data.labels) < 2:

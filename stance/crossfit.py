@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 FORMAT = "stance-crossfit/1"
 # Sections of the config that decide what a fold model is; the data paths, output folder, threads,
 # device and the blend (fold models are never blended) do not (the data is checked by its own digest).
-_RECIPE_SKIP = {"training": {"crossfit", "crossfit_target_weight", "companion", "companion_crossfit", "threads",
-                             "device"}, "model": {"fast_path"}}
+_RECIPE_SKIP = {"training": {"crossfit", "crossfit_target_weight", "companion", "companion_crossfit",
+                             "companion_train", "threads", "device"}, "model": {"fast_path"}}
 
 
 def recipe_digest(cfg: RunConfig) -> str:

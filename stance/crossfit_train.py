@@ -111,7 +111,7 @@ def _run_fold(cfg: RunConfig, splits: Dict[str, LabelledData], groups: Dict[str,
                                              text_column="text", label_column="label"),
                            model=replace(cfg.model, fast_path=False),
                            training=replace(cfg.training, crossfit=None, crossfit_target_weight=0.0, companion=None,
-                                            companion_crossfit=None),
+                                            companion_crossfit=None, companion_train=None),
                            output_dir=str(Path(tmp) / "model"))
         train(fold_cfg, progress=False)
         clf = StanceClassifier.load(fold_cfg.output_dir, runtime="torch")

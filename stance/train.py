@@ -346,7 +346,8 @@ def _plan_blend(cfg: RunConfig, crossfit: Crossfit):
     if companion_cfg.model.backbone != TFIDF or companion_cfg.training.companion:
         raise StanceError("training.companion must name a TF-IDF config without a companion of its own",
                           path=source, column="model.backbone")
-    companion_cfg = replace(companion_cfg, data=cfg.data, output_dir=COMPANION_DIR)
+    companion_cfg = replace(companion_cfg, data=replace(cfg.data, train=cfg.training.companion_train or cfg.data.train),
+                            output_dir=COMPANION_DIR)
     theirs = Crossfit.load(cfg.training.companion_crossfit, cfg.data.labels)
     stale = theirs.stale_for(companion_cfg)
     if stale:

@@ -82,7 +82,8 @@ def test_crossfit_files_that_do_not_match_are_refused():
 
 @pytest.mark.parametrize("sets, message", [
     (["training.companion=models/tfidf.yaml"], "needs training.crossfit and training.companion_crossfit"),
-    (["training.companion_crossfit=x.json"], "is for training.companion"),
+    (["training.companion_crossfit=x.json"], "are for training.companion"),
+    (["training.companion_train=x.jsonl"], "are for training.companion"),
 ])
 def test_companion_settings_are_checked(sets, message):
     with pytest.raises(StanceError, match=message):
@@ -194,3 +195,23 @@ def test_scoring_and_reporting_with_a_blended_model_say_so(blended, tmp_path):
     res = CliRunner().invoke(app, ["report", str(out), "-o", str(tmp_path / "rep")])
     assert res.exit_code == 0, res.output
     assert "blended with its TF-IDF companion" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_adapting_a_blended_model_retrains_its_companion_on_the_original_posts_and_the_gold(blended, tmp_path):
+    from stance.adapt import AdaptOptions, adapt
+    folder, files, _ = blended
+    gold = write_jsonl(tmp_path / "gold.jsonl", [{"text": f"{t} (gold {i})", "label": l}
+                                                 for i in range(2) for t, l in POSTS])
+    info = adapt(str(folder), str(gold), str(tmp_path / "adapted"), AdaptOptions(epochs=1, replay=10),
+                       progress=False)
+    out = tmp_path / "adapted"
+    companion_train = out / "adapt_data" / "companion_train.jsonl"
+    assert load_config(str(out / "config.yaml")).training.companion_train == str(companion_train)
+    assert load_config(str(out / "companion" / "config.yaml")).data.train == str(companion_train)
+    texts = [json.loads(line)["text"] for line in open(companion_train, encoding="utf-8")]
+    original = [json.loads(line)["text"] for line in open(files["train"], encoding="utf-8")]
+    assert len(texts) == len(original) + info["trained_on_gold"] and set(original) <= set(texts)
+    held = {json.loads(line)["text"] for line in open(out / "adapt_holdout.jsonl", encoding="utf-8")}
+    assert not held & set(texts)                          # the held-out gold stays unseen by both models
+    clf = StanceClassifier.load(out)
+    assert clf.blend is not None and clf.predict("bomb the labs") in LABELS
