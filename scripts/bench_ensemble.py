@@ -56,7 +56,7 @@ def by_fold(mine: Crossfit, theirs: Crossfit) -> list:
     rows = []
     for fold in mine.folds:
         held = np.isin(mine.groups, fold["held_out"])
-        blend, _ = fit_blend(subset(mine, ~held), subset(theirs, ~held))
+        blend = fit_blend(subset(mine, ~held), subset(theirs, ~held))[0]
         alone = soften(mine.probs[held], subset(mine, ~held).temperature_factor)
         rows.append({"held_out": fold["held_out"], "weight": blend.weight, "temperature": blend.temperature,
                      "blend": summary(blend.apply(alone, theirs.probs[held]), mine.gold[held], mine.labels),
@@ -75,7 +75,7 @@ def main() -> None:
     clf = StanceClassifier.load(args.model, runtime=args.runtime)
     labels = clf.labels
     mine, theirs = Crossfit.load(args.crossfit, labels), Crossfit.load(args.companion_crossfit, labels)
-    blend, report = fit_blend(mine, theirs)
+    blend, report, _ = fit_blend(mine, theirs)
     print(f"CPU: {cpu_name()}; {args.model} ({clf.runtime})")
     print(f"blend chosen on all out-of-writer posts: weight {blend.weight}, temperature {blend.temperature}")
     for name, s in report["out_of_writer"].items():

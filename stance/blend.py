@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -76,10 +76,18 @@ def _summary(probs: np.ndarray, gold: np.ndarray, labels) -> Dict:
             "accuracy_at_0.9": round(float((pred == gold)[sure].mean()), 4) if sure.any() else None}
 
 
-def fit_blend(model: Crossfit, companion: Crossfit) -> Tuple[Blend, Dict]:
+@dataclass
+class OutOfWriter:
+    """The blend's probabilities on the labelled posts, each from models that never saw its writer."""
+    ids: List[str]
+    gold: np.ndarray
+    probs: np.ndarray
+
+
+def fit_blend(model: Crossfit, companion: Crossfit) -> Tuple[Blend, Dict, OutOfWriter]:
     """The weight (on a grid) and temperature of the mix with the least log loss, chosen on the posts both cross-fit
-    results hold out by writer; and a report: the out-of-writer figures of each model and of the mix, and the
-    default confidence threshold chosen on the mix."""
+    results hold out by writer; a report: the out-of-writer figures of each model and of the mix, and the
+    default confidence threshold chosen on the mix; and the mix's out-of-writer probabilities."""
     if model.labels != companion.labels:
         raise StanceError(f"the cross-fit files list different labels ({model.labels} and {companion.labels})")
     row = {i: n for n, i in enumerate(companion.ids)}
@@ -108,4 +116,4 @@ def fit_blend(model: Crossfit, companion: Crossfit) -> Tuple[Blend, Dict]:
                                 "blend": _summary(mixed, gold, labels)},
               "min_confidence": curve["threshold"] or 0.0,
               "crossfit_coverage_at_min_confidence": curve["coverage_at_threshold"]}
-    return blend, report
+    return blend, report, OutOfWriter([model.ids[n] for n in shared], gold, mixed)

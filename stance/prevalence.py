@@ -80,7 +80,9 @@ class LabelledOutputs:
         probs = np.concatenate([np.asarray(s["probs"], dtype=float) for s in splits])
         ids = [i for s in splits for i in s.get("ids", [])]
         groups = cls.writer_groups(ids) if len(ids) == len(gold) else None
-        return cls(gold, probs, f"the model's {' + '.join(raw['splits'])} posts ({len(gold):,}"
+        what = ("labelled posts, each predicted by models that never saw its writer" if list(raw["splits"]) ==
+                ["out-of-writer"] else " + ".join(raw["splits"]) + " posts")
+        return cls(gold, probs, f"the model's {what} ({len(gold):,}"
                    + (f" by {len(set(groups))} writers)" if groups is not None else ")"), groups=groups)
 
 

@@ -134,10 +134,13 @@ def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
             meta, probs, metrics["blend"] = _blend_with_companion(blend_plan, tmp, meta, splits, probs)
         metrics.update(_evaluate(splits, probs, meta))
         # The model's error rates on labelled posts, for the share estimators of `stance report` (acc, pacc, emq).
-        # Dev and test, not the out-of-writer predictions of `training.crossfit`: measured as acc's error rates
-        # on the external set, those made shares worse (docs/prevalence.md).
-        write_labelled_outputs(tmp, labels, {name: (ids[name], probs[name], splits[name].columns.get("id"))
-                                             for name in ("dev", "test") if name in probs})
+        # A blended model: the blend's out-of-writer predictions. Otherwise dev and test: a lone transformer's
+        # out-of-writer predictions come from fold models that err more than it does, and made shares worse
+        # on the external set, where the blend's made them better (docs/prevalence.md).
+        write_labelled_outputs(tmp, labels, {"out-of-writer": (blend_plan[2].gold, blend_plan[2].probs,
+                                                               blend_plan[2].ids)} if blend_plan else
+                               {name: (ids[name], probs[name], splits[name].columns.get("id"))
+                                for name in ("dev", "test") if name in probs})
         if meta.engine == "transformer" and cfg.model.fast_path:
             checks = {"fast_path": lambda: build_fast_path(tmp, meta, texts, splits, logits),
                       "bf16": lambda: check_bf16(tmp, meta, texts, splits, logits)}
@@ -353,19 +356,19 @@ def _plan_blend(cfg: RunConfig, crossfit: Crossfit):
     if stale:
         log.warning("%s may not fit the companion: %s; rerun `stance crossfit --config %s`",
                     cfg.training.companion_crossfit, stale, source)
-    blend, report = fit_blend(crossfit, theirs)
+    blend, report, held = fit_blend(crossfit, theirs)
     log.info("blend with %s: weight %.2f on this model, temperature %.3f; out-of-writer macro-F1 %.3f "
              "(this model alone %.3f)", source, blend.weight, blend.temperature,
              report["out_of_writer"]["blend"]["macro_f1"], report["out_of_writer"]["model"]["macro_f1"])
-    return companion_cfg, blend, {"companion": source, "companion_crossfit": cfg.training.companion_crossfit,
-                                  **blend.to_dict(), **report}
+    return companion_cfg, blend, held, {"companion": source, "companion_crossfit": cfg.training.companion_crossfit,
+                                        **blend.to_dict(), **report}
 
 
 def _blend_with_companion(plan, folder: Path, meta: ModelMeta, splits: Dict[str, LabelledData],
                           probs: Dict[str, np.ndarray]):
     """Train the companion into the folder and blend the labelled splits' probabilities as `stance` will."""
     from .model import StanceClassifier
-    companion_cfg, blend, report = plan
+    companion_cfg, blend, _, report = plan
     train(replace(companion_cfg, output_dir=str(folder / COMPANION_DIR)), progress=False)
     companion = StanceClassifier.load(folder / COMPANION_DIR)
     blended = {name: blend.apply(p, companion.predict_proba(splits[name].texts)) for name, p in probs.items()}

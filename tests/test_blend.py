@@ -52,7 +52,10 @@ def test_the_blend_is_chosen_where_each_model_is_confidently_wrong_on_other_post
     ids = [f"w{i % 8}-{i}" for i in range(n)]
     model = _probs(rng, gold, 0.85, strength=6.0)       # sure of itself, swaps included
     companion = _probs(rng, gold, 0.80, strength=3.0)   # errs elsewhere, and less sure
-    blend, report = fit_blend(_crossfit(ids, gold, model), _crossfit(ids[::-1], gold[::-1], companion[::-1]))
+    mine = _crossfit(ids, gold, model)
+    blend, report, held = fit_blend(mine, _crossfit(ids[::-1], gold[::-1], companion[::-1]))
+    assert held.ids == ids and np.array_equal(held.gold, gold)          # in the model's order, whatever theirs
+    assert np.allclose(held.probs, blend.apply(mine.calibrated, companion), atol=1e-6)
     assert 0 < blend.weight < 1
     oow = report["out_of_writer"]
     # Where the two agree the mix is sure, where they disagree it is not: its confident labels are right.
@@ -129,9 +132,12 @@ def test_a_blended_model_scores_with_both_models(blended):
     assert "blended with its TF-IDF companion" in clf.runtime_reason
     scored, _ = clf.score_records([{"text": t} for t in texts[:5]])
     assert [r["p_support"] for r in scored] == [round(float(p), 4) for p in expected[:5, 0]]
-    # What `stance report` takes as the model's error rates is the blend's, as scored.
+    # What `stance report` takes as the model's error rates: the blend's, on posts by writers it never saw.
+    d = folder.parent
+    _, _, held = fit_blend(Crossfit.load(d / "tiny.xf.json", LABELS), Crossfit.load(d / "tfidf.xf.json", LABELS))
     outputs = LabelledOutputs.from_model(folder, LABELS)
-    assert np.allclose(outputs.probs[: len(texts)], expected, atol=1e-4)
+    assert np.allclose(outputs.probs, held.probs, atol=1e-4) and np.array_equal(outputs.gold, held.gold)
+    assert "never saw its writer" in outputs.source and len(set(outputs.groups)) == 4
     card = (folder / "README.md").read_text()
     assert "Blend with a TF-IDF companion" in card and f"w = {blend.weight}" in card
 
