@@ -150,7 +150,9 @@ def report(
         help="How shares are estimated: cc (count predicted labels), pcc (mean probabilities), acc / pacc "
              "(adjusted for the model's confusion on labelled posts), emq (EM prior adjustment), ppi (a random "
              "hand-labelled sample of this export, --gold, corrects the model; valid intervals without trusting "
-             "it). Default: acc (the lowest error measured on posts by unseen writers, docs/prevalence.md), falling back to pcc when no labelled outputs are known."),
+             "it). Default: acc (the lowest error over both measured pools, and intervals that cover on posts by unseen "
+             "writers when the model is blended: docs/prevalence.md), falling back to pcc when no labelled outputs "
+             "are known."),
     model: Optional[Path] = typer.Option(None, "--model", "-m",
                                          help="The model folder that scored the file (default: the one recorded "
                                               "in SCORED.meta.json), for its outputs on labelled posts."),

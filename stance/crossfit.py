@@ -12,7 +12,8 @@ grouping by writer is what makes it about new writers). `stance train` takes fro
   and the default confidence threshold, chosen on the out-of-writer predictions;
 - optionally (`training.crossfit_target_weight`), soft training targets: label and out-of-writer
   probabilities mixed.
-(As error rates for `stance report`'s acc they did worse than dev + test: docs/prevalence.md.)
+(As error rates for `stance report`'s acc a lone model's did worse than dev + test; a blend's, better: blend.py,
+docs/prevalence.md.)
 
 The result is a small JSON file (ids, gold labels, probabilities), kept beside the config that made it.
 This module is that file; `crossfit_train` makes it.

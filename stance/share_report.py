@@ -24,7 +24,7 @@ from .prevalence import ESTIMATORS, NEEDS_LABELLED, GroupStats, LabelledOutputs,
 from .reporting import Doc, pyplot, save_figure
 from .sampling import is_random_sample
 
-DEFAULT_ESTIMATOR = "acc"   # lowest error on writer-disjoint posts (docs/prevalence.md)
+DEFAULT_ESTIMATOR = "acc"   # lowest error over both measured pools (docs/prevalence.md)
 GROUP_COLUMNS = ("lang", "platform", "source")
 
 

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from .folder import COMPANION_DIR, ModelMeta
 from .hardware import pick_device
 from .metrics import compute_metrics, coverage_curve, fit_temperature, slice_metrics, softmax
 from .prevalence import write_labelled_outputs
-from .blend import fit_blend
+from .blend import Blend, OutOfWriter, fit_blend
 from .crossfit import Crossfit
 from .textnorm import Normalizer
 
@@ -137,8 +137,8 @@ def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
         # A blended model: the blend's out-of-writer predictions. Otherwise dev and test: a lone transformer's
         # out-of-writer predictions come from fold models that err more than it does, and made shares worse
         # on the external set, where the blend's made them better (docs/prevalence.md).
-        write_labelled_outputs(tmp, labels, {"out-of-writer": (blend_plan[2].gold, blend_plan[2].probs,
-                                                               blend_plan[2].ids)} if blend_plan else
+        write_labelled_outputs(tmp, labels, {"out-of-writer": (blend_plan.held.gold, blend_plan.held.probs,
+                                                               blend_plan.held.ids)} if blend_plan else
                                {name: (ids[name], probs[name], splits[name].columns.get("id"))
                                 for name in ("dev", "test") if name in probs})
         if meta.engine == "transformer" and cfg.model.fast_path:
@@ -340,9 +340,15 @@ def _calibrate(dev_logits: Optional[np.ndarray], dev_ids: Optional[np.ndarray], 
     return crossfit.calibration(temperature, cfg)
 
 
-def _plan_blend(cfg: RunConfig, crossfit: Crossfit):
-    """`training.companion`'s config (its data set to this run's, its output the folder's companion/), and the
-    blend chosen on both configs' out-of-writer predictions: all checked before any training starts."""
+class BlendPlan(NamedTuple):
+    companion_cfg: RunConfig    # training.companion's config, its data this run's
+    blend: Blend                # chosen on both configs' out-of-writer predictions
+    held: OutOfWriter           # the blend's out-of-writer predictions: the model's error rates for `stance report`
+    report: Dict                # for metrics.json and the card
+
+
+def _plan_blend(cfg: RunConfig, crossfit: Crossfit) -> BlendPlan:
+    """Everything the blend needs but the companion's training, checked before any training starts."""
     from .config import load_config
     source = cfg.training.companion
     companion_cfg = load_config(source)
@@ -360,19 +366,20 @@ def _plan_blend(cfg: RunConfig, crossfit: Crossfit):
     log.info("blend with %s: weight %.2f on this model, temperature %.3f; out-of-writer macro-F1 %.3f "
              "(this model alone %.3f)", source, blend.weight, blend.temperature,
              report["out_of_writer"]["blend"]["macro_f1"], report["out_of_writer"]["model"]["macro_f1"])
-    return companion_cfg, blend, held, {"companion": source, "companion_crossfit": cfg.training.companion_crossfit,
-                                        **blend.to_dict(), **report}
+    return BlendPlan(companion_cfg, blend, held, {"companion": source,
+                                                  "companion_crossfit": cfg.training.companion_crossfit,
+                                                  **blend.to_dict(), **report})
 
 
-def _blend_with_companion(plan, folder: Path, meta: ModelMeta, splits: Dict[str, LabelledData],
+def _blend_with_companion(plan: BlendPlan, folder: Path, meta: ModelMeta, splits: Dict[str, LabelledData],
                           probs: Dict[str, np.ndarray]):
     """Train the companion into the folder and blend the labelled splits' probabilities as `stance` will."""
     from .model import StanceClassifier
-    companion_cfg, blend, _, report = plan
-    train(replace(companion_cfg, output_dir=str(folder / COMPANION_DIR)), progress=False)
+    train(replace(plan.companion_cfg, output_dir=str(folder / COMPANION_DIR)), progress=False)
     companion = StanceClassifier.load(folder / COMPANION_DIR)
-    blended = {name: blend.apply(p, companion.predict_proba(splits[name].texts)) for name, p in probs.items()}
-    return replace(meta, blend=blend.to_dict(), min_confidence=report["min_confidence"]), blended, report
+    blended = {name: plan.blend.apply(p, companion.predict_proba(splits[name].texts)) for name, p in probs.items()}
+    return (replace(meta, blend=plan.blend.to_dict(), min_confidence=plan.report["min_confidence"]), blended,
+            plan.report)
 
 
 def _evaluate(splits: Dict[str, LabelledData], all_probs: Dict[str, np.ndarray], meta: ModelMeta) -> Dict:
