@@ -137,8 +137,8 @@ def train(cfg: RunConfig, progress: Optional[bool] = None) -> TrainResult:
         # A blended model: the blend's out-of-writer predictions. Otherwise dev and test: a lone transformer's
         # out-of-writer predictions come from fold models that err more than it does, and made shares worse
         # on the external set, where the blend's made them better (docs/prevalence.md).
-        write_labelled_outputs(tmp, labels, {"out-of-writer": (blend_plan.held.gold, blend_plan.held.probs,
-                                                               blend_plan.held.ids)} if blend_plan else
+        held = blend_plan.held if blend_plan else None
+        write_labelled_outputs(tmp, labels, {"out-of-writer": (held.gold, held.probs, held.ids)} if held else
                                {name: (ids[name], probs[name], splits[name].columns.get("id"))
                                 for name in ("dev", "test") if name in probs})
         if meta.engine == "transformer" and cfg.model.fast_path:
@@ -343,7 +343,8 @@ def _calibrate(dev_logits: Optional[np.ndarray], dev_ids: Optional[np.ndarray], 
 class BlendPlan(NamedTuple):
     companion_cfg: RunConfig    # training.companion's config, its data this run's
     blend: Blend                # chosen on both configs' out-of-writer predictions
-    held: OutOfWriter           # the blend's out-of-writer predictions: the model's error rates for `stance report`
+    held: Optional[OutOfWriter]  # the blend's out-of-writer predictions, as error rates for `stance report`,
+                                 # when both cross-fit files were made on this run's data and recipes
     report: Dict                # for metrics.json and the card
 
 
@@ -363,6 +364,8 @@ def _plan_blend(cfg: RunConfig, crossfit: Crossfit) -> BlendPlan:
         log.warning("%s may not fit the companion: %s; rerun `stance crossfit --config %s`",
                     cfg.training.companion_crossfit, stale, source)
     blend, report, held = fit_blend(crossfit, theirs)
+    if stale or crossfit.stale_for(cfg):     # e.g. `stance adapt`: other posts, other recipe
+        held = None
     log.info("blend with %s: weight %.2f on this model, temperature %.3f; out-of-writer macro-F1 %.3f "
              "(this model alone %.3f)", source, blend.weight, blend.temperature,
              report["out_of_writer"]["blend"]["macro_f1"], report["out_of_writer"]["model"]["macro_f1"])

@@ -221,3 +221,6 @@ def test_adapting_a_blended_model_retrains_its_companion_on_the_original_posts_a
     assert not held & set(texts)                          # the held-out gold stays unseen by both models
     clf = StanceClassifier.load(out)
     assert clf.blend is not None and clf.predict("bomb the labs") in LABELS
+    # The cross-fit files describe the corpus and recipe, not the adapted model: its error rates for `stance
+    # report` are its own dev and held-out gold posts.
+    assert "dev + test posts" in LabelledOutputs.from_model(out, LABELS).source
