@@ -83,8 +83,8 @@ def write_model_card(folder: Path, cfg, metrics: Dict) -> None:
         lines += ["## Plain `transformers`", "",
                   "The temperature is folded into the classifier's weights and the text normalisation into the "
                   "tokenizer, so `transformers.pipeline(\"text-classification\", model=FOLDER, top_k=None, "
-                  f"truncation=True)` gives {metrics['pipeline']}"
-                  + (": the transformer alone, without the blend." if blend else "."), ""]
+                  + (f"truncation=True)` gives the transformer alone, without the blend ({metrics['pipeline']}, "
+                     "less the blend)." if blend else f"truncation=True)` gives {metrics['pipeline']}."), ""]
     fast = metrics.get("fast_path")
     if fast and "label_agreement" in fast:
         lines += ["## Fast CPU path (int8 ONNX)", "",
