@@ -25,13 +25,10 @@ import numpy as np
 from .crossfit import Crossfit, soften
 from .errors import StanceError
 from .folder import COMPANION_DIR  # noqa: F401  (where a blended model keeps its companion)
-from .metrics import compute_metrics, coverage_curve, expected_calibration_error, fit_temperature, softmax
+from .metrics import (compute_metrics, confident, coverage_curve, expected_calibration_error, fit_temperature,
+                      log_probs, softmax)
 
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)
-
-
-def _log(p: np.ndarray) -> np.ndarray:
-    return np.log(np.clip(p, 1e-12, 1.0))
 
 
 @dataclass(frozen=True)
@@ -40,11 +37,14 @@ class Blend:
     temperature: float         # of the mix
     companion_factor: float    # the companion's cross-fit temperature factor
 
+    def logits(self, model_probs: np.ndarray, companion_probs: np.ndarray) -> np.ndarray:
+        """The mix before its temperature: w log p_model + (1 - w) log p_companion (softened)."""
+        return (self.weight * log_probs(model_probs)
+                + (1 - self.weight) * log_probs(soften(companion_probs, self.companion_factor)))
+
     def apply(self, model_probs: np.ndarray, companion_probs: np.ndarray) -> np.ndarray:
         """The blended probabilities of posts, from each model's calibrated probabilities."""
-        mixed = (self.weight * _log(model_probs)
-                 + (1 - self.weight) * _log(soften(companion_probs, self.companion_factor)))
-        return softmax(mixed, self.temperature).astype(np.float32)
+        return softmax(self.logits(model_probs, companion_probs), self.temperature).astype(np.float32)
 
     def to_dict(self) -> Dict:
         return asdict(self)
@@ -64,16 +64,14 @@ class Blend:
 
 
 def _nll(probs: np.ndarray, gold: np.ndarray) -> float:
-    return float(-_log(probs[np.arange(len(gold)), gold]).mean())
+    return float(-log_probs(probs[np.arange(len(gold)), gold]).mean())
 
 
 def _summary(probs: np.ndarray, gold: np.ndarray, labels) -> Dict:
     pred = probs.argmax(1)
-    sure = probs.max(1) >= 0.9
     return {"macro_f1": round(compute_metrics([labels[i] for i in gold], [labels[i] for i in pred], labels)["macro_f1"], 4),
             "ece": round(expected_calibration_error(probs, gold), 4),
-            "share_at_0.9": round(float(sure.mean()), 4),
-            "accuracy_at_0.9": round(float((pred == gold)[sure].mean()), 4) if sure.any() else None}
+            **{k: None if v is None else round(v, 4) for k, v in confident(probs, gold).items()}}
 
 
 @dataclass
@@ -103,9 +101,9 @@ def fit_blend(model: Crossfit, companion: Crossfit) -> Tuple[Blend, Dict, OutOfW
     factor = companion.temperature_factor
     candidates = []
     for w in WEIGHTS:             # each weight at its own best temperature: the mix is judged calibrated
-        raw = Blend(float(w), 1.0, factor).apply(mine, theirs)
-        blend = Blend(float(w), round(fit_temperature(_log(raw), gold), 4), factor)
-        candidates.append((_nll(blend.apply(mine, theirs), gold), blend))
+        mix = Blend(float(w), 1.0, factor).logits(mine, theirs)
+        blend = Blend(float(w), round(fit_temperature(mix, gold), 4), factor)
+        candidates.append((_nll(softmax(mix, blend.temperature), gold), blend))
     blend = min(candidates, key=lambda c: c[0])[1]
     mixed = blend.apply(mine, theirs)
     curve = coverage_curve(mixed, gold)

@@ -34,7 +34,8 @@ from .config import RunConfig
 from .data import LabelledData
 from .errors import StanceError
 from .folder import file_sha256
-from .metrics import compute_metrics, coverage_curve, expected_calibration_error, fit_temperature, softmax
+from .metrics import (compute_metrics, coverage_curve, expected_calibration_error, fit_temperature, log_probs,
+                      softmax)
 from .outputs import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -53,13 +54,9 @@ def recipe_digest(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _log(probs: np.ndarray) -> np.ndarray:
-    return np.log(np.clip(probs, 1e-12, 1.0))
-
-
 def soften(probs: np.ndarray, factor: float) -> np.ndarray:
     """Probabilities at `factor` times their temperature: softmax(log p / factor)."""
-    return softmax(_log(probs), factor)
+    return softmax(log_probs(probs), factor)
 
 
 @dataclass
@@ -79,7 +76,7 @@ class Crossfit:
     @cached_property
     def temperature_factor(self) -> float:
         """How much softer than dev-fitted the temperature must be for writers the model never saw."""
-        return round(fit_temperature(_log(self.probs), self.gold), 4)
+        return round(fit_temperature(log_probs(self.probs), self.gold), 4)
 
     def stale_for(self, cfg: RunConfig) -> Optional[str]:
         """Why this result may not fit a model trained with `cfg`, or None."""

@@ -8,7 +8,7 @@ import numpy as np
 
 from .data import LabelledData, load_label_map, load_labelled
 from .errors import StanceError
-from .metrics import (bootstrap_ci, compute_metrics, coverage_curve, expected_calibration_error,
+from .metrics import (bootstrap_ci, compute_metrics, confident, coverage_curve, expected_calibration_error,
                       paired_bootstrap, reliability_bins, slice_metrics)
 from .folder import file_sha256, folder_digest
 from .model import StanceClassifier
@@ -61,9 +61,7 @@ def evaluate_model(clf: StanceClassifier, data: LabelledData, n_boot: int = 1000
         "model_min_confidence": clf.meta.min_confidence,
     }
     conf = probs.max(1)
-    sure = conf >= 0.9          # "when it says 90%, is it right 90% of the time?" on these posts
-    m["confident"] = {"share_at_0.9": float(sure.mean()),
-                      "accuracy_at_0.9": float((pred_ids == gold_ids)[sure].mean()) if sure.any() else None}
+    m["confident"] = confident(probs, gold_ids)
     wrong = np.flatnonzero(pred_ids != gold_ids)
     worst = wrong[np.argsort(-conf[wrong], kind="stable")][:TOP_ERRORS]
     m["confident_errors"] = [{"text": data.texts[i], "gold": str(gold[i]), "predicted": str(pred[i]),

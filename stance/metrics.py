@@ -174,6 +174,20 @@ def fit_temperature(logits: np.ndarray, gold_ids: np.ndarray) -> float:
     return float(np.exp(res.x))
 
 
+def log_probs(probs: np.ndarray) -> np.ndarray:
+    """log p, with zeros clipped to 1e-12: probabilities back into logits."""
+    return np.log(np.clip(probs, 1e-12, 1.0))
+
+
+def confident(probs: np.ndarray, gold_ids: np.ndarray, at: float = 0.9) -> Dict:
+    """Share of posts at confidence >= `at`, and how often their label is right ("when it says 90%, is it
+    right 90% of the time?")."""
+    sure = probs.max(axis=1) >= at
+    right = probs.argmax(axis=1) == gold_ids
+    return {f"share_at_{at}": float(sure.mean()),
+            f"accuracy_at_{at}": float(right[sure].mean()) if sure.any() else None}
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = logits / temperature
     z = z - z.max(axis=1, keepdims=True)

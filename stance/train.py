@@ -28,7 +28,7 @@ from .engines import TfidfEngine, TransformerEngine
 from .fast_paths import build_fast_path, check_bf16
 from .folder import COMPANION_DIR, ModelMeta
 from .hardware import pick_device
-from .metrics import compute_metrics, coverage_curve, fit_temperature, slice_metrics, softmax
+from .metrics import compute_metrics, confident, coverage_curve, fit_temperature, slice_metrics, softmax
 from .prevalence import write_labelled_outputs
 from .blend import Blend, OutOfWriter, fit_blend
 from .crossfit import Crossfit
@@ -398,9 +398,6 @@ def _evaluate(splits: Dict[str, LabelledData], all_probs: Dict[str, np.ndarray],
             m["by_platform"] = slice_metrics(np.array(data.labels), np.array(pred), data.columns["platform"],
                                              meta.labels)
         if name == "external":        # is a confident label right as often as it claims, on new writers?
-            right = np.array(pred) == np.array(data.labels)
-            sure = probs.max(1) >= 0.9
-            m["confident"] = {"share_at_0.9": float(sure.mean()),
-                              "accuracy_at_0.9": float(right[sure].mean()) if sure.any() else None}
+            m["confident"] = confident(probs, np.array([meta.labels.index(l) for l in data.labels]))
         metrics[name] = m
     return metrics
